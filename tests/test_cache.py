@@ -1,0 +1,190 @@
+"""EmbeddingCache: schema v1 layout, writing in order, resume, reading, iteration, validation, merge."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from helpers import make_metadata, recipe
+
+from embedcache.cache import SCHEMA_VERSION, EmbeddingCache, merge_shards
+from embedcache.errors import CacheError, DatasetError
+from embedcache.recipe import recipe_fingerprint
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(257, 24)).astype(np.float32), make_metadata(257)
+
+
+def test_schema_layout_matches_design(tmp_path, arrays):
+    emb, meta = arrays
+    path = EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())
+    with h5py.File(path) as f:
+        assert f["embeddings"].shape == (257, 24) and f["embeddings"].dtype == np.float32
+        assert f["embeddings"].chunks[1] == 24  # row-chunked
+        assert f["ids"].dtype.kind == "O" and f["ids"].asstr()[0] == "id00000"
+        assert f["label"].dtype == np.int64 and list(f["label"].attrs["names"]) == ["a", "b", "c"]
+        assert f["split"].dtype == np.int8 and [s for s in f["split"].attrs["names"]] == ["train", "val"]
+        assert f["groups/place"].dtype == np.int64 and list(f["groups/place"].attrs["names"]) == ["land", "water"]
+        assert f.attrs["schema_version"] == SCHEMA_VERSION
+        assert f.attrs["complete"] and f.attrs["recipe_fingerprint"] == recipe_fingerprint(recipe())
+        for key in ("embedcache_version", "recipe", "dataset", "versions"):
+            assert key in f.attrs
+
+
+def test_roundtrip_reads_rows_columns_and_chunks(tmp_path, arrays):
+    emb, meta = arrays
+    with EmbeddingCache(EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())) as cache:
+        cache.validate()
+        np.testing.assert_array_equal(cache.embeddings(), emb)
+        np.testing.assert_array_equal(cache.embeddings(slice(10, 20)), emb[10:20])
+        rows = np.random.default_rng(0).permutation(257)[:100]
+        np.testing.assert_array_equal(cache.embeddings(rows), emb[rows])
+        got = cache.metadata()
+        assert list(got.ids) == list(meta.ids) and (got.label == meta.label).all()
+        assert got.group_names == meta.group_names and (got.groups["user"] == meta.groups["user"]).all()
+        seen = np.concatenate([r for r, _ in cache.iter_chunks(chunk_rows=50)])
+        np.testing.assert_array_equal(seen, np.arange(257))
+        np.testing.assert_array_equal(np.concatenate([b for _, b in cache.iter_chunks(chunk_rows=50)]), emb)
+        picked = [(r, b) for r, b in cache.iter_chunks(rows=rows, chunk_rows=16)]
+        assert all(len(r) <= 16 for r, _ in picked)
+        for r, b in picked:
+            np.testing.assert_array_equal(b, emb[r])
+        assert cache.summary()["splits"] == {"train": 129, "val": 128}
+
+
+def test_append_resume_and_complete_only_at_finalize(tmp_path, arrays):
+    emb, meta = arrays
+    path = tmp_path / "c.h5"
+    with EmbeddingCache.create(path, meta, dim=24, dtype="float32", recipe=recipe(), dataset={"name": "x"}) as c:
+        c.append(emb[:100])
+    with EmbeddingCache(path) as c:
+        assert not c.complete and c.rows_written == 100
+        with pytest.raises(CacheError, match="not complete .100/257"):
+            c.require_complete()
+        with pytest.raises(CacheError, match="not complete"):
+            c.validate()
+    with EmbeddingCache(path, "r+") as c:
+        c.append(emb[100:200])
+        c.append(emb[200:])
+        c.finalize()
+    with EmbeddingCache(path) as c:
+        assert c.complete
+        np.testing.assert_array_equal(c.embeddings(), emb)
+
+
+def test_skipped_rows_are_dropped_and_recorded(tmp_path, arrays):
+    emb, meta = arrays
+    meta = meta.take(np.arange(10))
+    path = tmp_path / "c.h5"
+    with EmbeddingCache.create(path, meta, dim=24, dtype="float32", recipe=recipe(), dataset={}) as c:
+        c.append(emb[[0, 2, 3]], skipped={1: "bad one"})
+        c.append(emb[[4, 5, 6, 7, 8]], skipped={5: "bad two"})  # block of 6: offset 5 = row 9
+        c.finalize()
+    with EmbeddingCache(path) as c:
+        assert c.skipped_ids == ["id00001", "id00009"] and c.skipped_errors == ["bad one", "bad two"]
+        assert list(c.metadata().ids) == [f"id0000{i}" for i in (0, 2, 3, 4, 5, 6, 7, 8)]
+        np.testing.assert_array_equal(c.embeddings(), emb[[0, 2, 3, 4, 5, 6, 7, 8]])
+        np.testing.assert_array_equal(c.metadata().label, meta.label[[0, 2, 3, 4, 5, 6, 7, 8]])
+        c.validate()
+
+
+def test_validate_reports_nan_rows_by_id(tmp_path, arrays):
+    emb, meta = arrays
+    emb = emb.copy()
+    emb[[3, 7]] = np.nan
+    emb[9, 0] = np.inf
+    with EmbeddingCache(EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())) as c:
+        with pytest.raises(CacheError, match=r"3 row\(s\) with NaN/inf.*id00003"):
+            c.validate()
+
+
+def test_duplicate_ids_are_refused_with_their_names(tmp_path, arrays):
+    emb, meta = arrays
+    meta.ids[5] = meta.ids[4]
+    with pytest.raises(DatasetError, match="duplicate id.*id00004"):
+        EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_float16_overflow_is_an_error_not_inf(tmp_path, arrays):
+    emb, meta = arrays
+    with pytest.raises(CacheError, match="float16 range.*--dtype float32"):
+        EmbeddingCache.write(tmp_path / "c.h5", emb * 1e6, meta, recipe=recipe(dtype="float16"))
+
+
+def test_wrong_schema_and_non_hdf5_files_are_refused(tmp_path, arrays):
+    emb, meta = arrays
+    path = EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(CacheError, match="schema version 99"):
+        EmbeddingCache(path)
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    with pytest.raises(CacheError, match="junk.h5: cannot open as HDF5"):
+        EmbeddingCache(junk)
+    with pytest.raises(CacheError, match="no such cache file"):
+        EmbeddingCache(tmp_path / "missing.h5")
+
+
+def test_existing_file_is_never_replaced_without_overwrite(tmp_path, arrays):
+    emb, meta = arrays
+    path = EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())
+    with pytest.raises(CacheError, match="already exists; pass --overwrite"):
+        EmbeddingCache.write(path, emb[::-1].copy(), meta, recipe=recipe())
+    with EmbeddingCache(path) as c:
+        np.testing.assert_array_equal(c.embeddings(), emb)
+
+
+def test_fingerprint_ignores_spec_and_check_recipe_names_differences(tmp_path, arrays):
+    emb, meta = arrays
+    assert recipe_fingerprint(recipe(spec="hf:/a/b")) == recipe_fingerprint(recipe(spec="hf:/c/d"))
+    with EmbeddingCache(EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())) as c:
+        c.check_recipe(recipe(spec="other/path"))
+        with pytest.raises(CacheError, match=r"another recipe.*weights: .*\"seed\":0.*\"seed\":1"):
+            c.check_recipe(recipe(weights={"source": "random", "seed": 1}))
+
+
+def _shards(tmp_path, emb, meta, bounds, **recipe_changes):
+    paths = []
+    for index, (start, stop) in enumerate(bounds):
+        path = tmp_path / f"s{index}.h5"
+        with EmbeddingCache.create(path, meta.take(np.arange(start, stop)), dim=emb.shape[1], dtype="float32",
+                                   recipe=recipe(**recipe_changes), dataset={"manifest_sha256": "m"},
+                                   shard={"index": index, "count": len(bounds), "start": start, "stop": stop,
+                                          "total": len(meta)}) as c:
+            c.append(emb[start:stop])
+            c.finalize()
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("virtual", [False, True])
+def test_merge_shards_in_any_order(tmp_path, arrays, virtual):
+    emb, meta = arrays
+    paths = _shards(tmp_path, emb, meta, [(0, 85), (85, 171), (171, 257)])
+    out = merge_shards(paths[::-1], tmp_path / "merged.h5", virtual=virtual)
+    with EmbeddingCache(out) as c:
+        c.validate()
+        np.testing.assert_array_equal(c.embeddings(), emb)
+        assert list(c.metadata().ids) == list(meta.ids)
+
+
+def test_merge_refuses_mixed_recipes_missing_shards_and_incomplete(tmp_path, arrays):
+    emb, meta = arrays
+    good = _shards(tmp_path, emb, meta, [(0, 100), (100, 257)])
+    with pytest.raises(CacheError, match=r"missing \[1\]"):
+        merge_shards(good[:1], tmp_path / "m.h5")
+    other = tmp_path / "other"
+    other.mkdir()
+    odd = _shards(other, emb, meta, [(0, 100), (100, 257)], weights={"source": "random", "seed": 5})
+    with pytest.raises(CacheError, match="has recipe"):
+        merge_shards([good[0], odd[1]], tmp_path / "m.h5")
+    with h5py.File(good[1], "r+") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(CacheError, match="not complete"):
+        merge_shards(good, tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
