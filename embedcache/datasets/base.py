@@ -1,0 +1,164 @@
+"""The dataset adapter interface: metadata for every example, and each example's input on demand.
+
+An adapter reads a dataset's own on-disk format and returns `Metadata` (ids, labels, splits,
+groups) plus one input reference per example: an image path relative to `image_root`, or the
+text itself. Adding a dataset is one file: subclass `DatasetAdapter`, implement `read`, and
+register it with `@register_dataset("name")`.
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import functools
+from pathlib import Path
+from typing import Any, ClassVar, Hashable, Sequence
+
+from embedcache.errors import DatasetError
+from embedcache.metadata import Metadata
+from embedcache.recipe import sha256_json
+from embedcache.registry import Registry
+
+#: File name endings read as images (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+DATASETS: Registry[type["DatasetAdapter"]] = Registry("dataset")
+
+
+def register_dataset(name: str):
+    """Class decorator: register an adapter under `name` (also its `name` attribute)."""
+    def decorator(cls: type["DatasetAdapter"]) -> type["DatasetAdapter"]:
+        cls.name = name
+        return DATASETS.register(name)(cls)
+    return decorator
+
+
+class DatasetAdapter(abc.ABC):
+    """One dataset on disk. Options are keyword arguments of the subclass's __init__."""
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[str]  # "image" | "text"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.exists():
+            raise DatasetError(f"{self.root}: no such file or folder (the --root of dataset {self.name!r})")
+
+    @abc.abstractmethod
+    def read(self) -> tuple[Metadata, list[str]]:
+        """Metadata for every example and its input: image path (relative to `image_root`) or text."""
+
+    @functools.cached_property
+    def _table(self) -> tuple[Metadata, list[str]]:
+        metadata, inputs = self.read()
+        if len(inputs) != len(metadata):
+            raise DatasetError(f"{self.root}: {len(inputs)} inputs for {len(metadata)} examples")
+        if not len(metadata):
+            raise DatasetError(f"{self.root}: no examples found")
+        metadata.validate(str(self.root))
+        return metadata, inputs
+
+    @property
+    def metadata(self) -> Metadata:
+        return self._table[0]
+
+    @property
+    def inputs(self) -> list[str]:
+        return self._table[1]
+
+    @property
+    def image_root(self) -> Path:
+        """Folder that image paths are relative to."""
+        return self.root if self.root.is_dir() else self.root.parent
+
+    def input_path(self, i: int) -> Path:
+        return self.image_root / self.inputs[i]
+
+    def location(self, i: int) -> str:
+        """Where example i comes from, for error messages."""
+        where = str(self.input_path(i)) if self.modality == "image" else f"{self.root} text"
+        return f"{where} (id {self.metadata.ids[i]!r})"
+
+    def load(self, i: int) -> Any:
+        """The raw input of example i: an RGB PIL image or a string. Errors name the file and id."""
+        if self.modality == "text":
+            return self.inputs[i]
+        return open_image(self.input_path(i), self.metadata.ids[i])
+
+    def missing_files(self) -> list[int]:
+        """Indices of examples whose image file does not exist (always [] for text)."""
+        if self.modality != "image":
+            return []
+        return [i for i in range(len(self.inputs)) if not self.input_path(i).is_file()]
+
+    def describe(self) -> dict:
+        """What goes into a cache's `dataset` attribute: name, root, options, size and manifest hash."""
+        meta = self.metadata
+        manifest = [meta.ids.tolist(), self.inputs, meta.label.tolist(), meta.split.tolist(),
+                    list(meta.split_names), {k: v.tolist() for k, v in meta.groups.items()},
+                    {k: list(v) for k, v in meta.group_names.items()}]
+        return {
+            "name": self.name,
+            "root": str(self.root.resolve()),
+            "options": self.options(),
+            "modality": self.modality,
+            "rows": len(meta),
+            "manifest_sha256": sha256_json(manifest),
+        }
+
+    def options(self) -> dict:
+        """The adapter's options as given; subclasses with options override this."""
+        return {}
+
+
+def open_image(path: Path, example_id: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found (id {example_id!r})") from None
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), ValueError, ...
+        raise DatasetError(f"{path}: cannot read image (id {example_id!r}): {type(e).__name__}: {e}") from None
+
+
+def parse_labels(values: Sequence[str | int | None], source: str) -> tuple[list[int], tuple[str, ...] | None]:
+    """Labels given as class indices or class names; empty / None → -1 (unknown).
+
+    Integers are kept as indices (no names); otherwise names are sorted and indexed.
+    """
+    present = [v for v in values if v not in (None, "")]
+    def is_int(v) -> bool:
+        return isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit())
+    if all(is_int(v) for v in present):
+        labels = [-1 if v in (None, "") else int(v) for v in values]
+        if any(lab < -1 for lab in labels):
+            raise DatasetError(f"{source}: negative label other than -1 (unknown)")
+        return labels, None
+    names = tuple(sorted({str(v) for v in present}))
+    index = {n: i for i, n in enumerate(names)}
+    return [-1 if v in (None, "") else index[str(v)] for v in values], names
+
+
+def numeric_if_possible(values: Sequence[str]) -> list[Hashable]:
+    """CSV cells as ints when every one is an integer, so groups sort 1, 2, 10 rather than 1, 10, 2."""
+    if all(isinstance(v, str) and v.lstrip("-").isdigit() for v in values):
+        return [int(v) for v in values]
+    return list(values)
+
+
+def read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Rows of a CSV file as dicts; a missing required column is an error naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot read CSV ({e})") from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {missing}; found {columns}")
+    return columns, rows
