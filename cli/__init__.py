@@ -1,0 +1,33 @@
+"""The `embedcache` command: thin click wrappers over library calls.
+
+Library errors (`EmbedcacheError`) are printed as one line, `Error: ...`, with exit status 1.
+Heavy libraries (torch, timm, transformers) are imported inside commands, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+import embedcache
+from embedcache.errors import EmbedcacheError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EmbedcacheError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(embedcache.__version__, prog_name="embedcache")
+def main() -> None:
+    """Active learning with pretrained models: extract embeddings once, run many cheap AL
+    experiments on them, and see why AL helps."""
+
+
+from embedcache.cli import cache_commands  # noqa: E402
+
+for command in (cache_commands.extract, cache_commands.merge, cache_commands.info):
+    main.add_command(command)

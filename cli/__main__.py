@@ -1,0 +1,5 @@
+"""`python -m embedcache.cli` runs the `embedcache` command."""
+
+from embedcache.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""`embedcache extract`, `merge` and `info`: build embedding caches and look inside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from embedcache.cli.options import parse_key_values, parse_shard, progress_bar
+
+
+@click.command()
+@click.option("--dataset", "dataset_name", required=True,
+              help="Dataset adapter: imagefolder, manifest, jsonl, or a paper dataset (see data/README.md).")
+@click.option("--root", required=True, type=click.Path(path_type=Path),
+              help="Where the dataset is: a folder, a manifest CSV or a .jsonl file, as the adapter expects.")
+@click.option("-o", "--option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+              help="An adapter option, e.g. -o text_field=review. Repeatable.")
+@click.option("--backbone", required=True,
+              help="timm:<model> (images, e.g. timm:resnetv2_50x1_bit.goog_in21k) or hf:<name-or-folder> (text).")
+@click.option("--weights", default="pretrained", show_default=True,
+              help="'pretrained' (from the hub), 'random' (seeded init: the non-pretrained control), or a "
+                   "checkpoint file: BiT .npz, .safetensors, or a torch state dict (.pt/.pth/.bin).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random init for --weights random.")
+@click.option("--resolution", type=int, default=None,
+              help="Image side the model sees (resize and crop scale with it); default: the model's own.")
+@click.option("--max-length", type=int, default=None, help="Text backbones: tokens kept per example.")
+@click.option("--pooling", type=click.Choice(["mean", "cls"]), default=None,
+              help="Text backbones: mean of the last hidden state over tokens (default) or its [CLS] row.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache file to write (.h5).")
+@click.option("--batch-size", default=64, show_default=True, help="Examples per forward pass.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader worker processes; default: CPUs - 1 (max 8) for images, 0 for text.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
+              help="Autocast the forward pass to this precision (recorded in the recipe).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage precision of the embeddings.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last memory format for image models; default: on with CUDA.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Extract only the I-th of N contiguous slices (0-based), e.g. one SLURM array task; "
+                   "join the shards with `embedcache merge`.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted extraction into --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out missing or unreadable examples instead of stopping; their ids and errors are "
+                   "recorded in the cache (see `embedcache info`).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(dataset_name, root, dataset_options, backbone, weights, seed, resolution, max_length, pooling, out,
+            batch_size, workers, device, amp, dtype, channels_last, shard, resume, overwrite, skip_bad, quiet):
+    """Extract backbone embeddings of a dataset into an HDF5 cache.
+
+    Rows follow the dataset's order; a killed run continues with --resume. Example:
+
+      embedcache extract --dataset imagefolder --root photos/ \\
+          --backbone timm:resnetv2_50x1_bit.goog_in21k --out caches/photos-bitm.h5
+    """
+    from embedcache.backbones import create_backbone
+    from embedcache.datasets import create_dataset
+    from embedcache.extract import ExtractOptions, extract as run_extract
+
+    options = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp, dtype=dtype,
+                             channels_last=channels_last, shard=parse_shard(shard), resume=resume,
+                             overwrite=overwrite, skip_bad=skip_bad)
+    data = create_dataset(dataset_name, root, **parse_key_values(dataset_options, "--option"))
+    model = create_backbone(backbone, weights=weights, seed=seed, resolution=resolution, max_length=max_length,
+                            pooling=pooling)
+    unit = "img" if model.modality == "image" else "text"
+    with progress_bar(f"extract {out.name}", unit, enabled=not quiet) as progress:
+        result = run_extract(data, model, out, options, progress=progress)
+    new_rows = result.rows + len(result.skipped) - result.resumed_from
+    rate = new_rows / result.seconds if result.seconds else float("nan")
+    click.echo(f"wrote {result.path}: {result.rows} rows x {model.num_features} ({dtype}) in "
+               f"{result.seconds:.1f} s, {rate:.1f} {unit}/s"
+               + (f", resumed at row {result.resumed_from}" if result.resumed_from else ""))
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} bad example(s), e.g. {result.skipped[0][1]}", err=True)
+
+
+@click.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged cache file to write.")
+@click.option("--virtual", is_flag=True,
+              help="Write an HDF5 virtual dataset pointing at the shard files instead of copying the rows "
+                   "(fast, small; keep the shards next to the merged file).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def merge(shards, out, virtual, overwrite):
+    """Join the shards of one extraction (made with --shard I/N) into one cache.
+
+    The shards must all be complete, share one recipe and one dataset, and cover it exactly once.
+    """
+    from embedcache.cache import EmbeddingCache, merge_shards
+
+    merge_shards(shards, out, virtual=virtual, overwrite=overwrite)
+    with EmbeddingCache(out) as cache:
+        click.echo(f"wrote {out}: {cache.n_rows} rows from {len(shards)} shards"
+                   + (" (virtual)" if virtual else ""))
+
+
+def _counts(counts: dict, limit: int = 8) -> str:
+    items = sorted(counts.items(), key=lambda kv: -kv[1]) if len(counts) > limit else list(counts.items())
+    text = ", ".join(f"{k} {v}" for k, v in items[:limit])
+    return text + (f", ... ({len(counts) - limit} more)" if len(counts) > limit else "")
+
+
+@click.command()
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
+@click.option("--check", is_flag=True,
+              help="Also validate the whole file (shapes, unique ids, codes, recipe, NaN/inf rows); "
+                   "exit 1 with the problems if any.")
+def info(cache, as_json, check):
+    """Summarise a cache: rows, dim, dtype, splits, labels, groups, recipe, and whether it is complete."""
+    from embedcache.cache import EmbeddingCache
+
+    with EmbeddingCache(cache) as c:
+        if check:
+            c.validate()
+        s = c.summary()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    recipe = s["recipe"]
+    state = "complete" if s["complete"] else f"INCOMPLETE ({s['rows_written']}/{s['rows']} rows written)"
+    lines = [
+        f"{s['path']}  {state}",
+        f"  rows      {s['rows']} x {s['dim']}  {s['dtype']}  ({s['size_bytes'] / 2**20:.1f} MiB)",
+        f"  splits    {_counts(s['splits'])}",
+        f"  labels    {_counts(s['labels'])}",
+    ]
+    for name, counts in s["groups"].items():
+        lines.append(f"  group     {name} ({len(counts)} values): {_counts(counts)}")
+    lines += [
+        f"  recipe    {s['recipe_fingerprint'][:16]}  {recipe['spec']}",
+        f"            weights {json.dumps(recipe['weights'])}",
+        f"            features {json.dumps(recipe['features'])}  amp {recipe['amp']}",
+        f"            preprocess {json.dumps(recipe['preprocess'])}",
+        f"  dataset   {s['dataset'].get('name')} at {s['dataset'].get('root')} "
+        f"(manifest {str(s['dataset'].get('manifest_sha256', ''))[:16]})",
+    ]
+    if "shard" in s:
+        sh = s["shard"]
+        lines.append(f"  shard     {sh['index']}/{sh['count']}: rows {sh['start']}..{sh['stop']} of {sh['total']}")
+    if "skipped" in s:
+        lines.append(f"  skipped   {len(s['skipped'])}: " + "; ".join(x["id"] for x in s["skipped"][:5]))
+    lines.append("  versions  " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
+    if check:
+        lines.append("  check     ok")
+    click.echo("\n".join(lines))
