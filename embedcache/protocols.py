@@ -1,0 +1,104 @@
+"""AL protocols: seed set, acquisition schedule, pool, and what to evaluate. The paper's presets.
+
+| preset     | seed set            | per round | acquired | pool per round          | evaluation |
+|------------|---------------------|-----------|----------|-------------------------|------------|
+| waterbirds | 40, class-balanced  | 5         | 320      | whole train split       | val: average, per label*place, worst group |
+| treeperson | 40, class-balanced  | 5         | 320      | whole train split       | val: average, per label*place, worst group |
+| iwildcam   | 182, class-balanced | 20        | 1456     | random 12,000 per round | val (OOD) and id_val: accuracy, macro-F1, class-balanced |
+| amazon     | 10, random          | 2         | 90       | random 2,000 per round  | val (OOD): average, 10th-percentile per-user, per category |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from embedcache.errors import ConfigError
+from embedcache.metrics import EvalSpec
+from embedcache.registry import Registry
+
+PROTOCOLS: Registry["Protocol"] = Registry("protocol")
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """One AL experiment design. `per_round` is a batch size, or a schedule of batch sizes per round
+    (the last one repeats until the budget is spent)."""
+
+    name: str = "custom"
+    seed_size: int = 40
+    seed_balanced: bool = True
+    per_round: int | tuple[int, ...] = 5
+    budget: int = 320
+    pool_size: int | None = None  # candidates scored per round, redrawn each round; None = whole pool
+    pool_split: str = "train"
+    eval_splits: tuple[str, ...] = ("val",)
+    eval_every: int = 1
+    evaluation: EvalSpec = EvalSpec()
+
+    def __post_init__(self) -> None:
+        sizes = self.per_round if isinstance(self.per_round, tuple) else (self.per_round,)
+        if self.seed_size < 1:
+            raise ConfigError("--seed-size must be at least 1")
+        if self.budget < 0 or not sizes or min(sizes) < 1:
+            raise ConfigError("--budget must be >= 0 and --per-round sizes >= 1")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigError("--pool-size must be at least 1")
+        if self.eval_every < 1:
+            raise ConfigError("--eval-every must be at least 1")
+        if not self.eval_splits:
+            raise ConfigError("evaluate at least one split (--eval-split)")
+
+    def schedule(self) -> list[int]:
+        """Batch sizes of the acquisition rounds, summing to the budget."""
+        sizes = list(self.per_round) if isinstance(self.per_round, tuple) else [self.per_round]
+        batches, left = [], self.budget
+        while left > 0:
+            size = min(sizes[min(len(batches), len(sizes) - 1)], left)
+            batches.append(size)
+            left -= size
+        return batches
+
+    @property
+    def n_rounds(self) -> int:
+        """Rounds trained and evaluated: the seed-set round plus one per acquisition batch."""
+        return len(self.schedule()) + 1
+
+    def replace(self, **changes) -> "Protocol":
+        """A copy with some fields overridden (None values leave a field as it is)."""
+        evaluation = {k: changes.pop(k) for k in ("groups", "worst_group", "metrics", "percentiles") if k in changes}
+        evaluation = {k: v for k, v in evaluation.items() if v is not None}
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if evaluation:
+            changes["evaluation"] = dataclasses.replace(self.evaluation, **evaluation)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _preset(protocol: Protocol) -> Protocol:
+    PROTOCOLS.register(protocol.name)(protocol)
+    return protocol
+
+
+_preset(Protocol(name="custom"))
+_preset(Protocol(
+    name="waterbirds", seed_size=40, seed_balanced=True, per_round=5, budget=320, eval_splits=("val",),
+    evaluation=EvalSpec(groups=("place", "label*place"), worst_group="label*place"),
+))
+_preset(Protocol(
+    name="treeperson", seed_size=40, seed_balanced=True, per_round=5, budget=320, eval_splits=("val",),
+    evaluation=EvalSpec(groups=("place", "label*place"), worst_group="label*place"),
+))
+_preset(Protocol(
+    name="iwildcam", seed_size=182, seed_balanced=True, per_round=20, budget=1456, pool_size=12000,
+    eval_splits=("val", "id_val"), evaluation=EvalSpec(metrics=("macro_f1", "class_balanced_accuracy")),
+))
+_preset(Protocol(
+    name="amazon", seed_size=10, seed_balanced=False, per_round=2, budget=90, pool_size=2000, eval_splits=("val",),
+    evaluation=EvalSpec(groups=("category",), percentiles=(("user", 10),)),
+))
+
+
+def get_protocol(name: str) -> Protocol:
+    return PROTOCOLS.get(name)
