@@ -27,7 +27,7 @@ def main() -> None:
     experiments on them, and see why AL helps."""
 
 
-from embedcache.cli import cache_commands  # noqa: E402
+from embedcache.cli import al_command, cache_commands  # noqa: E402
 
-for command in (cache_commands.extract, cache_commands.merge, cache_commands.info):
+for command in (cache_commands.extract, cache_commands.merge, cache_commands.info, al_command.al):
     main.add_command(command)

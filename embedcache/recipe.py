@@ -78,3 +78,10 @@ def recipe_difference(a: Mapping, b: Mapping) -> list[str]:
     a, b = identity(a), identity(b)
     keys = sorted(set(a) | set(b))
     return [f"{k}: {canonical_json(a.get(k))} vs {canonical_json(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
+
+
+def recipe_label(recipe: Mapping) -> str:
+    """A short human label for plots and tables, e.g. "timm:resnetv2_50x1_bit.goog_in21k (random init)"."""
+    source = recipe.get("weights", {}).get("source")
+    kind = {"pretrained": "pretrained", "random": "random init", "file": "checkpoint"}.get(source, str(source))
+    return f"{recipe.get('spec', '?')} ({kind})"

@@ -76,3 +76,38 @@ def write_text_jsonl(path: str | Path, n: int = 20, seed: int = 0, splits: Seque
                       "split": splits[(i // len(keywords)) % len(splits)], "topic": str(rng.choice(["a", "b", "c"]))}
             f.write(json.dumps(record) + "\n")
     return path
+
+
+def ambiguity_embeddings(n_train: int = 2000, n_val: int = 800, dim: int = 32, matched: float = 0.95,
+                         minority: float = 0.5, margin: float = 1.0, spurious: float = 4.0, seed: int = 0,
+                         separable: bool = True):
+    """Embeddings of a task-ambiguity dataset, like Waterbirds seen by a pretrained model.
+
+    The label (landbird / waterbird, `minority` = share of waterbirds) is the causal feature; the
+    group `place` (land / water) is spurious: it equals the label for a `matched` share of the
+    train split and half of the val split. With `separable`, the label is linearly separable
+    along one direction (|coordinate| ≥ `margin`) and the place is a more salient direction
+    (±spurious/2 plus unit noise), so a head fitted on mostly matched examples leans on the place
+    and errs on the mismatched ones. Without it (a "random-init-like" space) both are buried:
+    the directions carry 5 % of that signal. Other dimensions are unit Gaussian noise.
+
+    Returns (embeddings float32 [n, dim], Metadata with splits train/val and group place).
+    """
+    from embedcache.metadata import Metadata
+
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val
+    label = (rng.random(n) < minority).astype(np.int64)
+    share = np.where(np.arange(n) < n_train, matched, 0.5)
+    place = np.where(rng.random(n) < share, label, 1 - label)
+    x = rng.normal(size=(n, dim))
+    basis, _ = np.linalg.qr(rng.normal(size=(dim, 2)))
+    strength = 1.0 if separable else 0.05
+    core = (2 * label - 1) * (margin + rng.random(n)) * strength
+    spur = (2 * place - 1) * spurious / 2 * strength + rng.normal(size=n)
+    x = x - (x @ basis) @ basis.T + np.outer(core, basis[:, 0]) + np.outer(spur, basis[:, 1])
+    metadata = Metadata.from_values(
+        ids=[f"s{i:06d}" for i in range(n)], labels=label.tolist(),
+        splits=["train"] * n_train + ["val"] * n_val,
+        groups={"place": np.array(["land", "water"])[place].tolist()}, label_names=("landbird", "waterbird"))
+    return x.astype(np.float32), metadata

@@ -1,0 +1,127 @@
+"""`embedcache al`: run active-learning experiments and write one run record per (strategy, seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from embedcache.cli.options import progress_bar
+
+
+def _per_round(value: str | None):
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected a number or a comma-separated schedule, got {value!r}",
+                                 param_hint="--per-round") from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _percentiles(values: tuple[str, ...]):
+    parsed = []
+    for value in values:
+        group, sep, q = value.rpartition(":")
+        if not sep or not group or not q.replace(".", "", 1).isdigit():
+            raise click.BadParameter(f"expected GROUP:Q such as user:10, got {value!r}", param_hint="--percentile")
+        parsed.append((group, int(q) if float(q).is_integer() else float(q)))
+    return tuple(parsed) or None
+
+
+def round_line(record: dict, n_rounds: int, run_name: str) -> str:
+    """One compact line per round: labelled count, then accuracy (and worst group) per evaluated split."""
+    parts = [f"{run_name} round {record['round'] + 1:>3}/{n_rounds}", f"n={record['n_labeled']:<5}"]
+    for split, m in record["metrics"].items():
+        text = f"{split} acc {m['accuracy']:.3f}"
+        if "worst_group" in m:
+            text += f" worst {m['worst_group']['accuracy']:.3f} ({m['worst_group']['value']})"
+        parts.append(text)
+    return "  ".join(parts)
+
+
+@click.command()
+@click.option("--mode", type=click.Choice(["linear"]), default="linear", show_default=True,
+              help="linear: a logistic-regression head on cached embeddings (fast).")
+@click.option("--cache", type=click.Path(path_type=Path), help="Embedding cache (linear mode).")
+@click.option("--protocol", "protocol_name", default="custom", show_default=True,
+              help="Preset: waterbirds, treeperson, iwildcam, amazon, or custom (the flags below override any).")
+@click.option("--strategy", "strategies", multiple=True, required=True,
+              help="random, least-confidence, entropy or margin. Repeat to run several.")
+@click.option("--seeds", default="0", show_default=True, help="Run seeds: 0-15, 1,11, or 0-3,10.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for the run records (<strategy>-seed<seed>.jsonl); finished records are skipped.")
+@click.option("--seed-size", type=int, help="Labelled examples before the first acquisition.")
+@click.option("--seed-balanced/--no-seed-balanced", default=None,
+              help="Draw the seed set with equal counts per class (or uniformly).")
+@click.option("--per-round", help="Examples acquired per round, or a schedule such as 5,5,10,20 (last repeats).")
+@click.option("--budget", type=int, help="Examples acquired in total, after the seed set.")
+@click.option("--pool-size", type=int,
+              help="Score a fresh random subsample of this many unlabelled examples each round (default: all).")
+@click.option("--pool-split", help="Split the labelled and acquired examples come from (default train).")
+@click.option("--eval-split", "eval_splits", multiple=True, help="Split to evaluate after each round. Repeatable.")
+@click.option("--eval-every", type=int, help="Evaluate every N rounds (and always the last).")
+@click.option("--group", "groups", multiple=True,
+              help="Report accuracy per value of a group column, or of a combination such as label*place. "
+                   "Repeatable.")
+@click.option("--worst-group", help="Group (or combination) whose worst value is reported, e.g. label*place.")
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(["class_balanced_accuracy", "macro_f1"]),
+              help="Extra metric. Repeatable.")
+@click.option("--percentile", "percentiles", multiple=True, metavar="GROUP:Q",
+              help="Q-th percentile of per-value accuracy of GROUP, e.g. user:10. Repeatable.")
+@click.option("--C", "C", type=float, default=1.0, show_default=True,
+              help="Linear mode: inverse L2 strength, as scikit-learn's LogisticRegression(C=...).")
+@click.option("--standardize/--no-standardize", default=True, show_default=True,
+              help="Linear mode: scale features to zero mean, unit variance (statistics of the pool).")
+@click.option("--solver", type=click.Choice(["auto", "newton", "lbfgs"]), default="auto", show_default=True,
+              help="Linear mode solver: Newton in the representer space (few labels), L-BFGS (many classes).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the linear head: cpu or cuda.")
+@click.option("--jobs", default=1, show_default=True,
+              help="Runs in parallel processes (per-round lines are shown only with 1).")
+@click.option("--quiet", is_flag=True, help="No per-round lines or progress bars.")
+def al(mode, cache, protocol_name, strategies, seeds, out, seed_size, seed_balanced, per_round, budget, pool_size,
+       pool_split, eval_splits, eval_every, groups, worst_group, metrics, percentiles, C, standardize, solver, device,
+       jobs, quiet):
+    """Run active learning: for each strategy and seed, train, evaluate and acquire round by round.
+
+    Writes one JSONL record per (strategy, seed) under --out. Example (the paper's Waterbirds
+    protocol on cached BiT embeddings, 16 seeds):
+
+      embedcache al --cache caches/wb-bitm.h5 --protocol waterbirds \\
+          --strategy least-confidence --strategy random --seeds 0-15 --out runs/wb-bitm/
+    """
+    from embedcache.errors import ConfigError
+    from embedcache.experiments import LinearExperiment, parse_seeds, run_grid
+    from embedcache.learners.linear import LinearConfig
+    from embedcache.protocols import get_protocol
+
+    if cache is None:
+        raise ConfigError("--mode linear needs --cache")
+    protocol = get_protocol(protocol_name).replace(
+        seed_size=seed_size, seed_balanced=seed_balanced, per_round=_per_round(per_round), budget=budget,
+        pool_size=pool_size, pool_split=pool_split, eval_splits=tuple(eval_splits) or None, eval_every=eval_every,
+        groups=tuple(groups) or None, worst_group=worst_group, metrics=tuple(metrics) or None,
+        percentiles=_percentiles(percentiles))
+    experiment = LinearExperiment(cache, LinearConfig(C=C, standardize=standardize, solver=solver, device=device))
+    seed_list = parse_seeds(seeds)
+    total = len(strategies) * len(seed_list)
+    bars: dict = {}
+
+    def on_round(strategy, seed, record, n_rounds):
+        from tqdm.auto import tqdm
+
+        name = f"[{strategy} seed {seed}]"
+        if name not in bars:
+            bars[name] = tqdm(total=n_rounds, initial=record["round"], desc=name, unit="round", leave=False,
+                              dynamic_ncols=True)
+        bars[name].update(1)
+        if record["metrics"]:
+            bars[name].write(round_line(record, n_rounds, name))
+        if record["round"] == n_rounds - 1:
+            bars.pop(name).close()
+
+    with progress_bar("runs", "run", enabled=not quiet and jobs > 1) as runs_bar:
+        runs = run_grid(experiment, protocol, strategies, seed_list, out, jobs=jobs,
+                        on_round=None if quiet else on_round, on_run=lambda run, done, n: runs_bar(done, n))
+    click.echo(f"{len(runs)} of {total} runs complete in {out}")

@@ -1,0 +1,213 @@
+"""The AL loop and `embedcache al`: determinism, resume, what the strategies acquire, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import recipe
+from scipy import stats
+
+from embedcache.cache import EmbeddingCache
+from embedcache.cli import main
+from embedcache.datasets.synthetic import ambiguity_embeddings
+from embedcache.errors import ConfigError
+from embedcache.experiments import LinearExperiment, parse_seeds, run_grid
+from embedcache.learners.linear import LinearConfig, LinearLearner
+from embedcache.loop import run_al, seed_set
+from embedcache.metadata import Metadata
+from embedcache.protocols import Protocol, get_protocol
+from embedcache.records import RecordError, read_run, read_runs, record_path
+
+SMALL = get_protocol("waterbirds").replace(seed_size=20, per_round=5, budget=60)
+SOURCE = {"fingerprint": "synthetic", "backbone": "synthetic (test)"}
+
+
+@pytest.fixture(scope="module")
+def ambiguous():
+    return ambiguity_embeddings(n_train=1500, n_val=600, dim=24, seed=1)
+
+
+@pytest.fixture
+def cache(tmp_path, ambiguous):
+    x, meta = ambiguous
+    return EmbeddingCache.write(tmp_path / "amb.h5", x, meta, recipe=recipe())
+
+
+def _run(ambiguous, out, strategy="least-confidence", seed=0, protocol=SMALL, on_round=None, config=None):
+    x, meta = ambiguous
+    learner = LinearLearner(x, 2, config or LinearConfig())
+    return run_al(learner, meta, protocol, strategy, seed, out, source=SOURCE, on_round=on_round)
+
+
+def _stable(run) -> dict:
+    """A record without wall-clock facts, for equality."""
+    header = {k: v for k, v in run.header.items() if k not in ("created", "versions")}
+    return {"header": header, "rounds": [{k: v for k, v in r.items() if k != "seconds"} for r in run.rounds]}
+
+
+@pytest.mark.parametrize("strategy", ["least-confidence", "random"])
+def test_same_seed_same_records(ambiguous, tmp_path, strategy):
+    a = _run(ambiguous, tmp_path / "a", strategy)
+    b = _run(ambiguous, tmp_path / "b", strategy)
+    assert a.complete and len(a.rounds) == SMALL.n_rounds == 13
+    assert _stable(a) == _stable(b)
+    assert a.rounds[-1]["n_labeled"] == 80 and a.rounds[-1]["acquired"]["ids"] == []
+    assert len(set(a.labeled_ids())) == 80
+    c = _run(ambiguous, tmp_path / "c", strategy, seed=1)
+    assert c.header["seed_ids"] != a.header["seed_ids"]
+
+
+def test_a_killed_run_resumes_to_the_same_record(ambiguous, tmp_path):
+    whole = _run(ambiguous, tmp_path / "whole")
+
+    def die_at_round_5(record, n_rounds):
+        if record["round"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(ambiguous, tmp_path / "killed", on_round=die_at_round_5)
+    path = record_path(tmp_path / "killed", "least-confidence", 0)
+    with open(path, "a") as f:  # a kill in the middle of writing the next line
+        f.write('{"type":"round","round":6,"n_lab')
+    partial = read_run(path)
+    assert len(partial.rounds) == 6 and not partial.complete
+    resumed = _run(ambiguous, tmp_path / "killed")
+    assert _stable(resumed) == _stable(whole)
+
+
+def test_random_acquires_groups_at_their_pool_rates(ambiguous, tmp_path):
+    x, meta = ambiguous
+    counts = dict.fromkeys(["landbird*land", "landbird*water", "waterbird*land", "waterbird*water"], 0)
+    for seed in range(6):
+        run = _run(ambiguous, tmp_path, "random", seed, protocol=SMALL.replace(budget=100))
+        groups = run.header["pool_counts"]["label*place"]
+        for r in run.rounds:
+            a = r["acquired"]["groups"]
+            for label, place in zip(a["label"], a["place"]):
+                counts[f"{label}*{place}"] += 1
+    observed = np.array([counts[k] for k in groups])
+    expected = np.array([groups[k] for k in groups], dtype=float)
+    expected = expected / expected.sum() * observed.sum()
+    assert stats.chisquare(observed, expected).pvalue > 0.01
+
+
+def test_least_confidence_upsamples_the_mismatched_group_and_beats_random(ambiguous, tmp_path):
+    protocol = SMALL.replace(budget=80)
+    worst, mismatched = {}, {}
+    for strategy in ("least-confidence", "random"):
+        finals, shares = [], []
+        for seed in range(4):
+            run = _run(ambiguous, tmp_path / strategy, strategy, seed, protocol=protocol)
+            finals.append(run.rounds[-1]["metrics"]["val"]["worst_group"]["accuracy"])
+            labels = [lab for r in run.rounds for lab in r["acquired"]["groups"]["label"]]
+            places = [p for r in run.rounds for p in r["acquired"]["groups"]["place"]]
+            shares.append(np.mean([(lab == "waterbird") != (p == "water") for lab, p in zip(labels, places)]))
+        worst[strategy], mismatched[strategy] = np.mean(finals), np.mean(shares)
+    pool = run.header["pool_counts"]["label*place"]
+    prevalence = (pool["landbird*water"] + pool["waterbird*land"]) / sum(pool.values())
+    assert prevalence < 0.08
+    assert mismatched["least-confidence"] > 4 * prevalence, mismatched
+    assert mismatched["random"] < 2 * prevalence
+    assert worst["least-confidence"] > worst["random"] + 0.1, worst
+
+
+def test_seed_sets():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 1)
+    rows = np.arange(100, 114)
+    chosen = seed_set(labels, rows, 5, True, np.random.default_rng(0))
+    per_class = np.bincount(labels[chosen - 100], minlength=3)
+    assert len(chosen) == 5 and per_class.tolist() == [2, 2, 1]  # the spare two go to classes that have them
+    with pytest.raises(ConfigError, match="needs 2 examples of each of 3 classes, but class 2 has only 1"):
+        seed_set(labels, rows, 7, True, np.random.default_rng(0))
+    assert len(seed_set(labels, rows, 9, False, np.random.default_rng(0))) == 9
+
+
+def test_schedule_and_overrides():
+    assert Protocol(budget=12, per_round=5).schedule() == [5, 5, 2]
+    assert Protocol(budget=30, per_round=(2, 4, 8)).schedule() == [2, 4, 8, 8, 8]
+    amazon = get_protocol("amazon")
+    assert (amazon.seed_size, amazon.per_round, amazon.budget, amazon.pool_size) == (10, 2, 90, 2000)
+    iwildcam = get_protocol("iwildcam").replace(pool_size=500, metrics=("macro_f1",))
+    assert iwildcam.pool_size == 500 and iwildcam.evaluation.metrics == ("macro_f1",) and iwildcam.budget == 1456
+    assert parse_seeds("0-3,10,2") == [0, 1, 2, 3, 10] and parse_seeds("1,11") == [1, 11]
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("a-b")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"budget": 5000}, r"seed set 20 \+ budget 5000 = 5020 examples, but the pool split 'train' has only 1500"),
+    ({"eval_splits": ("test",)}, "unknown split 'test'"),
+    ({"groups": ("colour",)}, "unknown group 'colour'"),
+    ({"worst_group": "label*colour"}, "unknown group 'colour'"),
+    ("too-balanced", r"needs \d+ examples of each of 2 classes, but class \d has only"),
+])
+def test_bad_protocols_fail_before_writing(ambiguous, tmp_path, change, message):
+    if change == "too-balanced":  # one more example of each class than the rarer class has
+        x, meta = ambiguous
+        rarer = np.bincount(meta.label[meta.split_indices("train")]).min()
+        change = {"seed_size": 2 * (rarer + 1), "budget": 0}
+    with pytest.raises(ConfigError, match=message):
+        _run(ambiguous, tmp_path, protocol=SMALL.replace(**change))
+    assert not any(tmp_path.iterdir())
+
+
+def test_unlabelled_pool_examples_are_refused(ambiguous, tmp_path):
+    x, meta = ambiguous
+    labels = meta.label.copy()
+    labels[7] = -1
+    broken = Metadata(meta.ids, labels, meta.split, meta.split_names, meta.groups, meta.group_names, meta.label_names)
+    with pytest.raises(ConfigError, match="1 example.* no label .-1., e.g. id 's000007'"):
+        run_al(LinearLearner(x, 2), broken, SMALL, "random", 0, tmp_path, source=SOURCE)
+
+
+def test_a_record_of_another_configuration_is_not_overwritten(ambiguous, tmp_path):
+    _run(ambiguous, tmp_path)
+    path = record_path(tmp_path, "least-confidence", 0)
+    before = path.read_bytes()
+    with pytest.raises(RecordError, match="another run configuration .differs in: protocol"):
+        _run(ambiguous, tmp_path, protocol=SMALL.replace(per_round=10))
+    with pytest.raises(RecordError, match="differs in: learner"):
+        _run(ambiguous, tmp_path, config=LinearConfig(C=3.0))
+    assert path.read_bytes() == before
+
+
+def test_cli_runs_grid_in_parallel_identically_and_skips_finished(cache, tmp_path):
+    args = ["al", "--cache", str(cache), "--protocol", "waterbirds", "--seed-size", "20", "--budget", "30",
+            "--strategy", "entropy", "--strategy", "margin", "--seeds", "0-1"]
+    runner = CliRunner()
+    one = runner.invoke(main, [*args, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    assert "round   7/7" in one.output and "worst" in one.output and "4 of 4 runs complete" in one.output
+    two = runner.invoke(main, [*args, "--out", str(tmp_path / "two"), "--jobs", "2", "--quiet"])
+    assert two.exit_code == 0, two.output
+    for a, b in zip(read_runs([tmp_path / "one"]), read_runs([tmp_path / "two"])):
+        assert _stable(a)["rounds"] == _stable(b)["rounds"] and a.header["seed_ids"] == b.header["seed_ids"]
+    again = runner.invoke(main, [*args, "--out", str(tmp_path / "one")])
+    assert again.exit_code == 0 and "round" not in again.output  # nothing rerun
+    header = json.loads((tmp_path / "one" / "entropy-seed0.jsonl").read_text().splitlines()[0])
+    assert header["fingerprint"] == EmbeddingCache(cache).fingerprint and header["learner"]["C"] == 1.0
+
+
+def test_cli_bad_input(cache, tmp_path):
+    runner = CliRunner()
+    base = ["al", "--cache", str(cache), "--out", str(tmp_path / "o")]
+    for extra, message in [(["--strategy", "uncertainty"], "unknown strategy 'uncertainty'"),
+                           (["--strategy", "random", "--protocol", "cub"], "unknown protocol 'cub'"),
+                           (["--strategy", "random", "--eval-split", "id_val"], "unknown split 'id_val'"),
+                           (["--strategy", "random", "--budget", "99999"], "budget 99999")]:
+        result = runner.invoke(main, base + extra)
+        assert result.exit_code == 1 and message in result.output, result.output
+    incomplete = tmp_path / "partial.h5"
+    x, meta = ambiguity_embeddings(n_train=50, n_val=10, dim=4)
+    with EmbeddingCache.create(incomplete, meta, dim=4, dtype="float32", recipe=recipe(), dataset={}) as c:
+        c.append(x[:10])
+    result = runner.invoke(main, ["al", "--cache", str(incomplete), "--strategy", "random", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "is not complete (10/60 rows written)" in result.output
+
+
+def test_grid_library_call(cache, tmp_path):
+    runs = run_grid(LinearExperiment(cache), SMALL.replace(budget=10), ["margin"], [3], tmp_path)
+    assert len(runs) == 1 and runs[0].seed == 3 and runs[0].complete
