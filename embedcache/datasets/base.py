@@ -211,13 +211,17 @@ def find_dataset_folder(root: Path, marker: str, folder_names: Sequence[str], da
 class CsvImageAdapter(DatasetAdapter):
     """Images listed one per row of a CSV file (`csv_path`); errors about an example also name its line.
 
-    Subclasses fill `row_lines` (the CSV line of each kept example) while reading.
+    Subclasses read through `image_rows`, which records each example's CSV line in `row_lines`.
     """
 
     modality = "image"
     #: Folders --root may hold the dataset in (a release's own folder name), searched when --root lacks the CSV.
     folder_names: ClassVar[tuple[str, ...]] = ()
     csv_name: ClassVar[str] = "metadata.csv"
+    #: Required columns, and the ones holding the example id and the image path.
+    columns: ClassVar[tuple[str, ...]]
+    id_column: ClassVar[str]
+    file_column: ClassVar[str]
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -231,3 +235,18 @@ class CsvImageAdapter(DatasetAdapter):
 
     def location(self, i: int) -> str:
         return f"{super().location(i)} from {self.csv_path} line {self.row_lines[i]}"
+
+    def image_rows(self) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+        """Each row as (id, image path, "file, line N (id ...)" for errors, row); an empty id or path is an error."""
+        self.row_lines = []
+        for line, row in csv_rows(self.csv_path, self.columns):
+            where = f"{self.csv_path}, line {line}"
+            example_id = (row[self.id_column] or "").strip()
+            if not example_id:
+                raise DatasetError(f"{where}: empty {self.id_column}")
+            where += f" (id {example_id!r})"
+            filename = (row[self.file_column] or "").strip()
+            if not filename:
+                raise DatasetError(f"{where}: empty {self.file_column}")
+            self.row_lines.append(line)
+            yield example_id, filename, where, row

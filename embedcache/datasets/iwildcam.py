@@ -26,6 +26,8 @@ class IWildCam(CsvImageAdapter):
 
     folder_names = ("iwildcam_v2.0",)
     columns = ("split", "location_remapped", "y", "filename", "image_id")
+    id_column = "image_id"
+    file_column = "filename"
 
     @property
     def image_root(self):
@@ -36,22 +38,12 @@ class IWildCam(CsvImageAdapter):
             raise DatasetError(f"{self.image_root}: no such folder; iWildCam-WILDS keeps every image under train/")
         split_codes = {name: name for name in CANONICAL_SPLITS}
         ids, files, labels, splits, locations = [], [], [], [], []
-        self.row_lines = []
-        for line, row in csv_rows(self.csv_path, self.columns):
-            example_id = (row["image_id"] or "").strip()
-            where = f"{self.csv_path}, line {line}"
-            if not example_id:
-                raise DatasetError(f"{where}: empty image_id")
-            where += f" (id {example_id!r})"
-            filename = (row["filename"] or "").strip()
-            if not filename:
-                raise DatasetError(f"{where}: empty filename")
+        for example_id, filename, where, row in self.image_rows():
             ids.append(example_id)
             files.append(filename)
             labels.append(_class_index(row["y"], where, "y"))
             splits.append(coded(row, "split", split_codes, where))
             locations.append(_class_index(row["location_remapped"], where, "location_remapped"))
-            self.row_lines.append(line)
         label_names = self._label_names(max(labels, default=-1) + 1)
         return Metadata.from_values(ids, labels, splits, groups={"location": locations},
                                     label_names=label_names), files

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from embedcache.datasets.base import CsvImageAdapter, coded, csv_rows, register_dataset
-from embedcache.errors import DatasetError
+from embedcache.datasets.base import CsvImageAdapter, coded, register_dataset
 from embedcache.metadata import Metadata
 
 
@@ -16,7 +15,8 @@ class LabelPlaceImages(CsvImageAdapter):
     place subgroups are not a column of their own: evaluation and analysis name them `label*place`.
     """
 
-    columns: ClassVar[tuple[str, ...]]
+    id_column = "img_id"
+    file_column = "img_filename"
     label_names: ClassVar[tuple[str, str]]
     place_names: ClassVar[tuple[str, str]]
     split_codes: ClassVar[dict[str, str]]
@@ -25,22 +25,12 @@ class LabelPlaceImages(CsvImageAdapter):
         ids, files, labels, splits, places = [], [], [], [], []
         label_codes = {"0": 0, "1": 1}
         place_codes = {"0": self.place_names[0], "1": self.place_names[1]}
-        self.row_lines = []
-        for line, row in csv_rows(self.csv_path, self.columns):
-            example_id = (row["img_id"] or "").strip()
-            where = f"{self.csv_path}, line {line}"
-            if not example_id:
-                raise DatasetError(f"{where}: empty img_id")
-            where += f" (id {example_id!r})"
-            filename = (row["img_filename"] or "").strip()
-            if not filename:
-                raise DatasetError(f"{where}: empty img_filename")
+        for example_id, filename, where, row in self.image_rows():
             ids.append(example_id)
             files.append(filename)
             labels.append(coded(row, "y", label_codes, where))
             splits.append(coded(row, "split", self.split_codes, where))
             places.append(coded(row, "place", place_codes, where))
-            self.row_lines.append(line)
         metadata = Metadata.from_values(ids, labels, splits, groups={"place": places}, label_names=self.label_names,
                                         group_orders={"place": self.place_names})
         return metadata, files
