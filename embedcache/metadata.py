@@ -82,13 +82,18 @@ class Metadata:
         splits: Sequence[str],
         groups: Mapping[str, Sequence[Hashable]] | None = None,
         label_names: Sequence[str] | None = None,
+        group_orders: Mapping[str, Sequence[str]] | None = None,
     ) -> "Metadata":
-        """Build from plain values: split names and raw group values are encoded here."""
+        """Build from plain values: split names and raw group values are encoded here.
+
+        `group_orders` fixes the names (and so the codes) of some groups, e.g. place → ("land", "water"),
+        so a group keeps its codes even where a subset lacks one of its values.
+        """
         split_names = split_order(splits)
         split_codes, _ = encode(splits, split_names)
         group_codes, group_names = {}, {}
         for name, values in (groups or {}).items():
-            group_codes[name], group_names[name] = encode(values)
+            group_codes[name], group_names[name] = encode(values, (group_orders or {}).get(name))
         return cls(
             ids=np.asarray(ids, dtype=object),
             label=np.asarray(labels, dtype=np.int64),

@@ -8,7 +8,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from embedcache.datasets import imagefolder, jsonl, manifest  # noqa: F401  (registration)
+from embedcache.datasets import (amazon, imagefolder, iwildcam, jsonl, manifest, treeperson,  # noqa: F401
+                                 waterbirds, waterbirds_variant)  # (registration)
 from embedcache.datasets.base import DATASETS, DatasetAdapter, register_dataset
 from embedcache.errors import ConfigError
 

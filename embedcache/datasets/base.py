@@ -12,7 +12,7 @@ import abc
 import csv
 import functools
 from pathlib import Path
-from typing import Any, ClassVar, Hashable, Sequence
+from typing import Any, ClassVar, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 from embedcache.errors import DatasetError
 from embedcache.metadata import Metadata
@@ -24,6 +24,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 
 DATASETS: Registry[type["DatasetAdapter"]] = Registry("dataset")
+
+T = TypeVar("T")
 
 
 def register_dataset(name: str):
@@ -162,3 +164,89 @@ def read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[dict[
     if missing:
         raise DatasetError(f"{path}: missing column(s) {missing}; found {columns}")
     return columns, rows
+
+
+def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Stream a CSV file's rows as (line the row starts on, row dict); a missing column names the file.
+
+    Unlike `read_csv` nothing is held in memory, and line numbers stay right when quoted cells span lines.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise DatasetError(f"{path}: missing column(s) {missing}; found {columns}")
+            start = reader.line_num + 1
+            for row in reader:
+                yield start, row
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot read CSV ({e})") from None
+
+
+def coded(row: Mapping[str, str | None], column: str, codes: Mapping[str, T], where: str) -> T:
+    """The meaning of a coded cell (e.g. split "0" → "train"); any other value is an error naming `where`."""
+    value = (row.get(column) or "").strip()
+    if value not in codes:
+        raise DatasetError(f"{where}: {column} {value!r} is not one of {list(codes)}")
+    return codes[value]
+
+
+def find_dataset_folder(root: Path, marker: str, folder_names: Sequence[str], dataset: str) -> Path:
+    """The folder holding `marker`: `root` itself or one of `folder_names` inside it (e.g. WILDS' `iwildcam_v2.0/`)."""
+    if (root / marker).is_file():
+        return root
+    found = [root / name for name in folder_names if (root / name / marker).is_file()]
+    if len(found) > 1:
+        raise DatasetError(f"{root}: holds {' and '.join(f.name for f in found)}; pass one of them as --root")
+    if not found:
+        inside = " or ".join(f"{name}/" for name in folder_names)
+        raise DatasetError(f"{root}: no {marker} here{f' or in {inside}' if folder_names else ''} "
+                           f"(dataset {dataset!r}; see data/README.md for the layout)")
+    return found[0]
+
+
+class CsvImageAdapter(DatasetAdapter):
+    """Images listed one per row of a CSV file (`csv_path`); errors about an example also name its line.
+
+    Subclasses read through `image_rows`, which records each example's CSV line in `row_lines`.
+    """
+
+    modality = "image"
+    #: Folders --root may hold the dataset in (a release's own folder name), searched when --root lacks the CSV.
+    folder_names: ClassVar[tuple[str, ...]] = ()
+    csv_name: ClassVar[str] = "metadata.csv"
+    #: Required columns, and the ones holding the example id and the image path.
+    columns: ClassVar[tuple[str, ...]]
+    id_column: ClassVar[str]
+    file_column: ClassVar[str]
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self.folder = find_dataset_folder(self.root, self.csv_name, self.folder_names, self.name)
+        self.csv_path = self.folder / self.csv_name
+        self.row_lines: list[int] = []
+
+    @property
+    def image_root(self) -> Path:
+        return self.folder
+
+    def location(self, i: int) -> str:
+        return f"{super().location(i)} from {self.csv_path} line {self.row_lines[i]}"
+
+    def image_rows(self) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+        """Each row as (id, image path, "file, line N (id ...)" for errors, row); an empty id or path is an error."""
+        self.row_lines = []
+        for line, row in csv_rows(self.csv_path, self.columns):
+            where = f"{self.csv_path}, line {line}"
+            example_id = (row[self.id_column] or "").strip()
+            if not example_id:
+                raise DatasetError(f"{where}: empty {self.id_column}")
+            where += f" (id {example_id!r})"
+            filename = (row[self.file_column] or "").strip()
+            if not filename:
+                raise DatasetError(f"{where}: empty {self.file_column}")
+            self.row_lines.append(line)
+            yield example_id, filename, where, row

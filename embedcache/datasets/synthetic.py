@@ -111,3 +111,91 @@ def ambiguity_embeddings(n_train: int = 2000, n_val: int = 800, dim: int = 32, m
         splits=["train"] * n_train + ["val"] * n_val,
         groups={"place": np.array(["land", "water"])[place].tolist()}, label_names=("landbird", "waterbird"))
     return x.astype(np.float32), metadata
+
+
+def _write_csv(path: Path, rows: list[dict], **writer_options) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), **writer_options)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_label_place(folder: Path, columns: Sequence[str], splits: Sequence[int], filename_format: str,
+                       per_group: int, size: int, seed: int) -> Path:
+    """`per_group` images of every (split, y, place) in `folder`, listed in metadata.csv with `columns`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split in splits:
+        for y in (0, 1):
+            for place in (0, 1):
+                for _ in range(per_group):
+                    img_id = len(rows) + 1
+                    filename = filename_format.format(y=y, id=img_id)
+                    (folder / filename).parent.mkdir(parents=True, exist_ok=True)
+                    _image(rng, 2 * y + place, size).save(folder / filename)
+                    row = {"img_id": img_id, "img_filename": filename, "y": y, "split": split, "place": place,
+                           "place_filename": f"/{'o/ocean' if place else 'b/bamboo_forest'}/{img_id:08d}.jpg"}
+                    rows.append({c: row[c] for c in columns})
+    _write_csv(folder / "metadata.csv", rows)
+    return folder
+
+
+def write_waterbirds(root: str | Path, folder: str = "waterbirds_v1.0", per_group: int = 2, size: int = 32,
+                     seed: int = 0) -> Path:
+    """root/<folder>/ as WILDS ships Waterbirds: metadata.csv and <species folder>/<image>.jpg, `per_group`
+    images of every (split, bird, place)."""
+    return _write_label_place(Path(root) / folder, ("img_id", "img_filename", "y", "split", "place", "place_filename"),
+                              (0, 1, 2), "{y:03d}.Species_{y}/Species_{y}_{id:04d}.jpg", per_group, size, seed)
+
+
+def write_treeperson(root: str | Path, per_group: int = 2, size: int = 32, seed: int = 0) -> Path:
+    """root/ in the paper's Treeperson layout: metadata.csv (img_id,img_filename,y,place,split), train and val."""
+    return _write_label_place(Path(root), ("img_id", "img_filename", "y", "place", "split"), (0, 1),
+                              "images/{id}.jpg", per_group, size, seed)
+
+
+def write_iwildcam(root: str | Path, n: int = 15, num_classes: int = 3, locations: int = 4, size: int = 32,
+                   seed: int = 0, categories: bool = True) -> Path:
+    """root/iwildcam_v2.0/ as WILDS ships it: metadata.csv, train/<filename>, optionally categories.csv."""
+    folder = Path(root) / "iwildcam_v2.0"
+    rng = np.random.default_rng(seed)
+    splits = ("train", "val", "test", "id_val", "id_test")
+    rows = []
+    for i in range(n):
+        y = i % num_classes
+        location = int(rng.integers(locations))
+        filename = f"{i:04x}abcd-{y}.jpg"
+        (folder / "train").mkdir(parents=True, exist_ok=True)
+        _image(rng, y, size).save(folder / "train" / filename)
+        rows.append({"split": splits[(i // num_classes) % len(splits)], "location_remapped": location,
+                     "location": 100 + 7 * location, "sequence_remapped": i // 2, "seq_id": f"seq{i // 2}",
+                     "y": y, "category_id": 10 * y + 3, "datetime": f"2013-06-{1 + i % 28:02d} 10:00:00.000",
+                     "filename": filename, "image_id": f"img-{i:05d}"})
+    _write_csv(folder / "metadata.csv", rows)
+    if categories:
+        _write_csv(folder / "categories.csv",
+                   [{"y": y, "category_id": 10 * y + 3, "name": f"species {y}"} for y in range(num_classes)])
+    return folder
+
+
+def write_amazon(root: str | Path, n: int = 20, users: int = 4, seed: int = 0,
+                 keywords: Sequence[str] = ("awful", "poor", "fine", "good", "great")) -> Path:
+    """root/amazon_v2.1/ as WILDS ships it: reviews.csv (quoted like the release, some texts with commas,
+    quotes and line breaks) and splits/user.csv, where every fifth review has split -1 (not in the dataset)."""
+    folder = Path(root) / "amazon_v2.1"
+    rng = np.random.default_rng(seed)
+    reviews, splits = [], []
+    for i in range(n):
+        stars = 1 + i % 5
+        text = " ".join([*rng.choice(_WORDS, size=6), keywords[stars - 1]])
+        if i % 3 == 0:
+            text += ', "quoted", and\na second line'
+        reviews.append({"reviewerID": f"A{int(rng.integers(users)):03d}", "asin": f"B{i:05d}",
+                        "overall": float(stars), "reviewText": text, "reviewTime": "06 1, 2014",
+                        "unixReviewTime": 1401580800, "summary": f"summary {i}",
+                        "category": ("Books", "Movies_and_TV")[i % 2], "reviewYear": 2014})
+        splits.append({"split": -1 if i % 5 == 4 else (0, 1, 2, 3, 4)[(i // 2) % 5], "clean": i % 5 != 4})
+    _write_csv(folder / "reviews.csv", reviews, quoting=csv.QUOTE_NONNUMERIC)
+    _write_csv(folder / "splits" / "user.csv", splits)
+    return folder
