@@ -72,6 +72,7 @@ class Plan:
     metadata: Metadata
     pool: np.ndarray
     evaluation: dict[str, np.ndarray]
+    evaluation_metadata: dict[str, Metadata]
 
     @classmethod
     def make(cls, protocol: Protocol, metadata: Metadata) -> "Plan":
@@ -94,7 +95,7 @@ class Plan:
                 raise ConfigError(f"evaluation split {split!r} has examples without labels")
             evaluation[split] = rows
         protocol.evaluation.check(metadata)
-        return cls(protocol, metadata, pool, evaluation)
+        return cls(protocol, metadata, pool, evaluation, {k: metadata.take(v) for k, v in evaluation.items()})
 
     def header_groups(self) -> list[str]:
         """Columns whose values are recorded for every acquisition."""
@@ -164,7 +165,7 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
         if r % protocol.eval_every == 0 or last:
             for split, eval_rows in plan.evaluation.items():
                 predicted = learner.predict_proba(eval_rows).argmax(axis=1)
-                record["metrics"][split] = evaluate(labels[eval_rows], predicted, metadata.take(eval_rows),
+                record["metrics"][split] = evaluate(labels[eval_rows], predicted, plan.evaluation_metadata[split],
                                                     protocol.evaluation)
         record["training"] = dict(getattr(learner, "training_", {}))
         chosen, scores, pool_size = np.zeros(0, dtype=np.int64), np.zeros(0), 0

@@ -13,15 +13,16 @@ trained on), `metrics` (split → metrics dict, see `embedcache.metrics.evaluate
 column → value per acquired id; the batch this round's model chose, labelled from the next round
 on; empty in the last round), `pool_size` (candidates scored) and `seconds`.
 
-Lines are appended and fsynced one at a time, so a killed run leaves whole lines plus at most one
-partial last line, which readers ignore and writers truncate before resuming.
+Lines are appended and flushed one at a time, so a killed run leaves whole lines plus at most one
+partial last line, which readers ignore and writers truncate before resuming. (No fsync: a flushed
+line survives the process being killed; only a power cut can lose the last rounds, which then
+rerun. fsync would cost more than a whole linear-mode round.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -193,8 +194,6 @@ class RunWriter:
         line = json.dumps(record, separators=(",", ":"), default=_json_default) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def _json_default(value):
