@@ -14,6 +14,7 @@ resumes at its last flushed row. `complete` is set only by `finalize`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -140,7 +141,10 @@ class EmbeddingCache:
         if embeddings.ndim != 2 or len(embeddings) != len(metadata):
             raise CacheError(f"embeddings of shape {embeddings.shape} do not match {len(metadata)} metadata rows")
         dtype = recipe.get("dtype") or str(embeddings.dtype)
-        dataset = dataset or {"name": "in-memory", "rows": len(metadata)}
+        if dataset is None:  # fingerprint the content, as extraction does with the dataset's manifest
+            digest = hashlib.sha256(metadata.fingerprint().encode())
+            digest.update(np.ascontiguousarray(embeddings).tobytes())
+            dataset = {"name": "in-memory", "rows": len(metadata), "manifest_sha256": digest.hexdigest()}
         with cls.create(path, metadata, dim=embeddings.shape[1], dtype=dtype, recipe=recipe,
                         dataset=dataset, overwrite=overwrite) as cache:
             for start in range(0, len(embeddings), cache.block_rows):

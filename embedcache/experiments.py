@@ -52,6 +52,7 @@ class LinearExperiment:
             features = cache.embeddings(dtype=np.float32)
             metadata = cache.metadata()
             source = {"fingerprint": cache.fingerprint, "backbone": recipe_label(cache.recipe),
+                      "data": cache.dataset.get("manifest_sha256") or metadata.fingerprint(),
                       "cache": str(Path(self.cache).resolve()), "dataset": cache.dataset}
         num_classes = metadata.num_classes
         return Session(metadata, source, lambda: LinearLearner(features, num_classes, self.learner))

@@ -122,8 +122,10 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
            source: dict, on_round: OnRound | None = None) -> Run:
     """Run (or resume, or skip if finished) one (strategy, seed) run and return its record.
 
-    `source` describes the features: at least `fingerprint` (cache recipe or backbone recipe) and
-    `backbone` (a label for plots); it goes into the record header.
+    `source` describes the features: at least `fingerprint` (cache recipe or backbone recipe),
+    `backbone` (a label for plots) and `data` (a fingerprint of the examples: the dataset manifest;
+    the metadata's when absent); it goes into the record header. A record is resumed or reused only
+    if features, data, protocol, learner and strategy are all the same.
     """
     plan = Plan.make(protocol, metadata)
     chooser = create_strategy(strategy)
@@ -135,7 +137,8 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
     header = {
         "mode": describe().get("learner", type(learner).__name__), "strategy": strategy, "seed": int(seed),
         "protocol": protocol.to_dict(), "learner": describe(), "fingerprint": source["fingerprint"],
-        "backbone": source.get("backbone", ""), "source": source, "n_rounds": protocol.n_rounds,
+        "data": source.get("data") or metadata.fingerprint(), "backbone": source.get("backbone", ""),
+        "source": source, "n_rounds": protocol.n_rounds,
         "seed_ids": metadata.ids[seed_rows].tolist(), "seed_groups": plan.group_values(seed_rows),
         "pool_counts": plan.pool_counts(), "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -132,6 +132,15 @@ class Metadata:
             if n and (codes.min() < 0 or codes.max() >= len(names)):
                 raise DatasetError(f"{source}: group {name!r} has codes outside its {len(names)} names")
 
+    def fingerprint(self) -> str:
+        """sha256 of every column and name: equal for equal metadata, whatever the arrays' memory layout."""
+        from embedcache.recipe import sha256_json
+
+        return sha256_json([self.ids.tolist(), self.label.tolist(), self.split.tolist(), list(self.split_names),
+                            {k: v.tolist() for k, v in sorted(self.groups.items())},
+                            {k: list(v) for k, v in sorted(self.group_names.items())},
+                            None if self.label_names is None else list(self.label_names)])
+
     def take(self, rows: np.ndarray | slice) -> "Metadata":
         """The metadata of a subset of rows, in the order given."""
         return dataclasses.replace(

@@ -2,7 +2,7 @@
 
 Line 1 is the header (`"type": "header"`): strategy, seed, mode, the resolved protocol, the
 learner config, the features `fingerprint` (cache recipe in linear mode, backbone recipe in
-finetune mode), a human `backbone` label, library versions, the number of rounds planned
+finetune mode), the `data` fingerprint (the dataset manifest's sha256), a human `backbone` label, library versions, the number of rounds planned
 (`n_rounds`), the seed set (`seed_ids` and their group values in `seed_groups`), and the pool's
 group counts (`pool_counts`: column → value → count over the pool split, the base rate the
 upsampling analysis compares acquisitions with).
@@ -33,7 +33,7 @@ from embedcache.recipe import canonical_json
 
 RECORD_SCHEMA = 1
 #: Header fields that define a run: a record is resumed only if all of them are equal.
-IDENTITY_FIELDS = ("schema", "mode", "strategy", "seed", "protocol", "learner", "fingerprint", "n_rounds")
+IDENTITY_FIELDS = ("schema", "mode", "strategy", "seed", "protocol", "learner", "fingerprint", "data", "n_rounds")
 
 
 class RecordError(EmbedcacheError):

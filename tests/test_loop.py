@@ -171,6 +171,9 @@ def test_a_record_of_another_configuration_is_not_overwritten(ambiguous, tmp_pat
         _run(ambiguous, tmp_path, protocol=SMALL.replace(per_round=10))
     with pytest.raises(RecordError, match="differs in: learner"):
         _run(ambiguous, tmp_path, config=LinearConfig(C=3.0))
+    other_data = ambiguity_embeddings(n_train=1500, n_val=600, dim=24, seed=2)  # same recipe, other examples
+    with pytest.raises(RecordError, match="differs in: data"):
+        _run(other_data, tmp_path)
     assert path.read_bytes() == before
 
 
