@@ -47,7 +47,7 @@ import torch
 from embedcache.backbones import Backbone, ImagePreprocess
 from embedcache.datasets import DatasetAdapter
 from embedcache.errors import ConfigError, DatasetError
-from embedcache.extract import example_loader
+from embedcache.extract import default_workers, example_loader
 from embedcache.learners import distributed, fit_arguments
 from embedcache.recipe import Recipe
 
@@ -380,6 +380,11 @@ class FinetuneLearner:
         else:
             self._eval_transform = self._train_transform = _identity
         self._inputs: dict[int, Any] = {}
+        workers = self.options.num_workers
+        if workers is None:  # the processes of a torchrun launch share the CPUs
+            workers = default_workers(backbone.modality)
+            workers = workers and max(1, workers // self.context.world)
+        self._workers = workers
 
     # ------------------------------------------------------------------ loop hooks
     def describe(self) -> dict:
@@ -430,12 +435,12 @@ class FinetuneLearner:
     def _autocast(self):
         return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16")
 
-    def _load(self, rows: np.ndarray, transform: Callable, collate: Callable, batch_size: int):
+    def _load(self, rows: np.ndarray, transform: Callable, collate: Callable, pin_memory: bool = False):
         """Transformed examples of `rows`, batch by batch; a bad example stops with its error."""
         if not len(rows):
             return
-        loader = example_loader(self.dataset, transform, collate, rows, batch_size, self.options.num_workers,
-                                pin_memory=self.context.device.type == "cuda")
+        loader = example_loader(self.dataset, transform, collate, rows, self.options.eval_batch_size, self._workers,
+                                pin_memory=pin_memory)
         for size, batch, errors in loader:
             if errors:
                 raise DatasetError(errors[min(errors)])
@@ -444,7 +449,7 @@ class FinetuneLearner:
     def _train_inputs(self, rows: np.ndarray) -> list:
         missing = np.array([r for r in rows.tolist() if r not in self._inputs], dtype=np.int64)
         position = 0
-        for size, items in self._load(missing, self._train_transform, list, self.options.eval_batch_size):
+        for size, items in self._load(missing, self._train_transform, list):  # kept: not pinned
             self._inputs.update(zip(missing[position:position + size].tolist(), items))
             position += size
         return [self._inputs[r] for r in rows.tolist()]
@@ -541,7 +546,7 @@ class FinetuneLearner:
         self._report("predict", 0, len(mine))
         with torch.inference_mode(), self._autocast():
             for size, batch in self._load(mine, self._eval_transform, self.backbone.collate,
-                                          self.options.eval_batch_size):
+                                          pin_memory=self.context.device.type == "cuda"):
                 batch = self.backbone.batch_to(batch, self.context.device, self.channels_last)
                 proba[position:position + size] = torch.softmax(self.network(batch).float(), dim=1).cpu().numpy()
                 position += size
