@@ -25,7 +25,8 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
-                        help="backbone spec, random init (default: timm:resnet18 on CPU, timm:resnetv2_50x1_bit on CUDA)")
+                        help="backbone spec, random init (default: timm:resnet18 on CPU, "
+                             "timm:resnetv2_50x1_bit on CUDA)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 20 on CUDA)")
     parser.add_argument("--batch", type=int, default=32, help="examples per optimizer step")

@@ -97,7 +97,8 @@ finetune_options = option_group(
                       "e.g. --recipe base_lr=0.01 or --recipe schedule=10,20,30,40,50. Repeatable; an unknown key "
                       "lists the fields."),
     click.option("--micro-batch", default=8, show_default=True,
-                 help="Finetune mode: examples per forward/backward pass; the recipe's batch is accumulated from them."),
+                 help="Finetune mode: examples per forward/backward pass; the recipe's batch is accumulated from "
+                      "them."),
     click.option("--eval-batch-size", default=64, show_default=True,
                  help="Finetune mode: examples per forward pass when evaluating and scoring."),
     click.option("--workers", type=int, default=None,

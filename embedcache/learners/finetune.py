@@ -120,7 +120,8 @@ class _RecipeBase:
         changes = {}
         for key, text in options.items():
             if key not in names:
-                raise ConfigError(f"--recipe {key}: the {self.name} recipe has no such field; it has {', '.join(names)}")
+                raise ConfigError(f"--recipe {key}: the {self.name} recipe has no such field; "
+                                  f"it has {', '.join(names)}")
             changes[key] = _parse_field(hints[key], text, key)
         return dataclasses.replace(self, **changes)
 
