@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from embedcache.cli.options import progress_bar
+from embedcache.cli.options import (backbone_options, dataset_options, finetune_options, parse_key_values,
+                                    progress_bar, step_bars)
 
 
 def _per_round(value: str | None):
@@ -31,20 +32,33 @@ def _percentiles(values: tuple[str, ...]):
 
 
 def round_line(record: dict, n_rounds: int, run_name: str) -> str:
-    """One compact line per round: labelled count, then accuracy (and worst group) per evaluated split."""
+    """One compact line per round: labelled count, accuracy (and worst group) per evaluated split, and
+    for finetuning the steps taken and the rule that stopped them."""
     parts = [f"{run_name} round {record['round'] + 1:>3}/{n_rounds}", f"n={record['n_labeled']:<5}"]
     for split, m in record["metrics"].items():
         text = f"{split} acc {m['accuracy']:.3f}"
         if "worst_group" in m:
             text += f" worst {m['worst_group']['accuracy']:.3f} ({m['worst_group']['value']})"
         parts.append(text)
+    training = record.get("training", {})
+    if training.get("stopped_by") in ("loss_ratio", "schedule", "max_steps"):
+        parts.append(f"{training['steps']} steps ({training['stopped_by']}, loss {training['loss_initial']:.3g} → "
+                     f"{training['loss_final']:.3g})")
     return "  ".join(parts)
 
 
 @click.command()
-@click.option("--mode", type=click.Choice(["linear"]), default="linear", show_default=True,
-              help="linear: a logistic-regression head on cached embeddings (fast).")
-@click.option("--cache", type=click.Path(path_type=Path), help="Embedding cache (linear mode).")
+@click.option("--mode", type=click.Choice(["linear", "finetune"]), default="linear", show_default=True,
+              help="linear: a logistic-regression head on cached embeddings (fast). finetune: the paper's protocol, "
+                   "the whole backbone finetuned every round (needs --dataset, --root, --backbone).")
+@click.option("--score-with", type=click.Choice(["linear", "finetune"]), default=None,
+              help="Rank the pool with the other mode's model (default: the --mode's own): finetune mode with "
+                   "--score-with linear evaluates finetuned models on examples a linear head on --cache chose; "
+                   "linear mode with --score-with finetune the reverse.")
+@click.option("--cache", type=click.Path(path_type=Path),
+              help="Embedding cache (linear mode, and the linear side of --score-with); its ids must be the dataset's.")
+@dataset_options(required=False)
+@backbone_options(required=False, seed_flag="--init-seed")
 @click.option("--protocol", "protocol_name", default="custom", show_default=True,
               help="Preset: waterbirds, treeperson, iwildcam, amazon, or custom (the flags below override any).")
 @click.option("--strategy", "strategies", multiple=True, required=True,
@@ -76,34 +90,61 @@ def round_line(record: dict, n_rounds: int, run_name: str) -> str:
               help="Linear mode: scale features to zero mean, unit variance (statistics of the pool).")
 @click.option("--solver", type=click.Choice(["auto", "newton", "lbfgs"]), default="auto", show_default=True,
               help="Linear mode solver: Newton in the representer space (few labels), L-BFGS (many classes).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for the linear head: cpu or cuda.")
+@click.option("--device", default=None,
+              help="Torch device: cpu, cuda or cuda:N (default: cpu for the linear head, auto for finetuning). Under "
+                   "torchrun use cuda: each process takes cuda:LOCAL_RANK.")
+@finetune_options
 @click.option("--jobs", default=1, show_default=True,
               help="Runs in parallel processes (per-round lines are shown only with 1).")
 @click.option("--quiet", is_flag=True, help="No per-round lines or progress bars.")
-def al(mode, cache, protocol_name, strategies, seeds, out, seed_size, seed_balanced, per_round, budget, pool_size,
+def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, weights, init_seed, max_length,
+       pooling, protocol_name, strategies, seeds, out, seed_size, seed_balanced, per_round, budget, pool_size,
        pool_split, eval_splits, eval_every, groups, worst_group, metrics, percentiles, C, standardize, solver, device,
-       jobs, quiet):
+       recipe_options, micro_batch, eval_batch_size, workers, train_seed, amp, jobs, quiet):
     """Run active learning: for each strategy and seed, train, evaluate and acquire round by round.
 
-    Writes one JSONL record per (strategy, seed) under --out. Example (the paper's Waterbirds
-    protocol on cached BiT embeddings, 16 seeds):
+    Writes one JSONL record per (strategy, seed) under --out. Examples: the paper's Waterbirds
+    protocol on cached BiT embeddings, 16 seeds; and the paper's exact protocol, finetuning
+    BiT-M every round (several GPUs: torchrun --nproc_per_node=4 -m embedcache.cli al ...):
 
+    \b
       embedcache al --cache caches/wb-bitm.h5 --protocol waterbirds \\
           --strategy least-confidence --strategy random --seeds 0-15 --out runs/wb-bitm/
+
+    \b
+      embedcache al --mode finetune --dataset waterbirds --root data/waterbirds_v1.0 \\
+          --backbone timm:resnetv2_50x1_bit.goog_in21k --protocol waterbirds \\
+          --strategy least-confidence --strategy random --seeds 1,11 --out runs/wb-ft/ --device cuda
     """
     from embedcache.errors import ConfigError
-    from embedcache.experiments import LinearExperiment, parse_seeds, run_grid
+    from embedcache.experiments import FinetuneExperiment, LinearExperiment, parse_seeds, run_grid
+    from embedcache.learners.distributed import is_main_process
+    from embedcache.learners.finetune import FinetuneOptions
     from embedcache.learners.linear import LinearConfig
     from embedcache.protocols import get_protocol
 
-    if cache is None:
-        raise ConfigError("--mode linear needs --cache")
+    score_with = score_with or mode
     protocol = get_protocol(protocol_name).replace(
         seed_size=seed_size, seed_balanced=seed_balanced, per_round=_per_round(per_round), budget=budget,
         pool_size=pool_size, pool_split=pool_split, eval_splits=tuple(eval_splits) or None, eval_every=eval_every,
         groups=tuple(groups) or None, worst_group=worst_group, metrics=tuple(metrics) or None,
         percentiles=_percentiles(percentiles))
-    experiment = LinearExperiment(cache, LinearConfig(C=C, standardize=standardize, solver=solver, device=device))
+    quiet = quiet or not is_main_process()
+    linear = LinearConfig(C=C, standardize=standardize, solver=solver, device=device or "cpu")
+    if (mode, score_with) == ("linear", "linear"):
+        if cache is None:
+            raise ConfigError("--mode linear needs --cache")
+        experiment = LinearExperiment(cache, linear)
+    else:
+        if not (dataset_name and root and backbone):
+            raise ConfigError(f"--mode {mode} --score-with {score_with} finetunes: it needs --dataset, --root and "
+                              "--backbone")
+        options = FinetuneOptions(device=device or "auto", amp=amp, micro_batch=micro_batch,
+                                  eval_batch_size=eval_batch_size, num_workers=workers, train_seed=train_seed)
+        experiment = FinetuneExperiment(
+            dataset_name, root, backbone, parse_key_values(dataset_options, "--option"), weights, init_seed,
+            max_length, pooling, parse_key_values(recipe_options, "--recipe"), options, evaluate_with=mode,
+            score_with=score_with, cache=cache, linear=linear, progress=step_bars(not quiet and jobs == 1))
     seed_list = parse_seeds(seeds)
     total = len(strategies) * len(seed_list)
     bars: dict = {}
@@ -124,4 +165,5 @@ def al(mode, cache, protocol_name, strategies, seeds, out, seed_size, seed_balan
     with progress_bar("runs", "run", enabled=not quiet and jobs > 1) as runs_bar:
         runs = run_grid(experiment, protocol, strategies, seed_list, out, jobs=jobs,
                         on_round=None if quiet else on_round, on_run=lambda run, done, n: runs_bar(done, n))
-    click.echo(f"{len(runs)} of {total} runs complete in {out}")
+    if is_main_process():
+        click.echo(f"{len(runs)} of {total} runs complete in {out}")

@@ -7,27 +7,14 @@ from pathlib import Path
 
 import click
 
-from embedcache.cli.options import parse_key_values, parse_shard, progress_bar
+from embedcache.cli.options import backbone_options, dataset_options, parse_key_values, parse_shard, progress_bar
 
 
 @click.command()
-@click.option("--dataset", "dataset_name", required=True,
-              help="Dataset adapter: imagefolder, manifest, jsonl, or a paper dataset (see data/README.md).")
-@click.option("--root", required=True, type=click.Path(path_type=Path),
-              help="Where the dataset is: a folder, a manifest CSV or a .jsonl file, as the adapter expects.")
-@click.option("-o", "--option", "dataset_options", multiple=True, metavar="KEY=VALUE",
-              help="An adapter option, e.g. -o text_field=review. Repeatable.")
-@click.option("--backbone", required=True,
-              help="timm:<model> (images, e.g. timm:resnetv2_50x1_bit.goog_in21k) or hf:<name-or-folder> (text).")
-@click.option("--weights", default="pretrained", show_default=True,
-              help="'pretrained' (from the hub), 'random' (seeded init: the non-pretrained control), or a "
-                   "checkpoint file: BiT .npz, .safetensors, or a torch state dict (.pt/.pth/.bin).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random init for --weights random.")
+@dataset_options()
+@backbone_options()
 @click.option("--resolution", type=int, default=None,
               help="Image side the model sees (resize and crop scale with it); default: the model's own.")
-@click.option("--max-length", type=int, default=None, help="Text backbones: tokens kept per example.")
-@click.option("--pooling", type=click.Choice(["mean", "cls"]), default=None,
-              help="Text backbones: mean of the last hidden state over tokens (default) or its [CLS] row.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache file to write (.h5).")
 @click.option("--batch-size", default=64, show_default=True, help="Examples per forward pass.")
 @click.option("--workers", type=int, default=None,
@@ -48,7 +35,7 @@ from embedcache.cli.options import parse_key_values, parse_shard, progress_bar
               help="Leave out missing or unreadable examples instead of stopping; their ids and errors are "
                    "recorded in the cache (see `embedcache info`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(dataset_name, root, dataset_options, backbone, weights, seed, resolution, max_length, pooling, out,
+def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, max_length, pooling, resolution, out,
             batch_size, workers, device, amp, dtype, channels_last, shard, resume, overwrite, skip_bad, quiet):
     """Extract backbone embeddings of a dataset into an HDF5 cache.
 
@@ -65,7 +52,7 @@ def extract(dataset_name, root, dataset_options, backbone, weights, seed, resolu
                              channels_last=channels_last, shard=parse_shard(shard), resume=resume,
                              overwrite=overwrite, skip_bad=skip_bad)
     data = create_dataset(dataset_name, root, **parse_key_values(dataset_options, "--option"))
-    model = create_backbone(backbone, weights=weights, seed=seed, resolution=resolution, max_length=max_length,
+    model = create_backbone(backbone, weights=weights, seed=init_seed, resolution=resolution, max_length=max_length,
                             pooling=pooling)
     unit = "img" if model.modality == "image" else "text"
     with progress_bar(f"extract {out.name}", unit, enabled=not quiet) as progress:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import click
 
@@ -50,3 +51,81 @@ def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
     finally:
         for bar in bars:
             bar.close()
+
+
+def option_group(*options: Callable) -> Callable:
+    """Several click options applied as one decorator, in the order listed (as `--help` shows them)."""
+    def apply(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def dataset_options(required: bool = True) -> Callable:
+    """--dataset, --root and -o/--option: which dataset adapter reads which files."""
+    return option_group(
+        click.option("--dataset", "dataset_name", required=required,
+                     help="Dataset adapter: imagefolder, manifest, jsonl, or a paper dataset (see data/README.md)."),
+        click.option("--root", required=required, type=click.Path(path_type=Path),
+                     help="Where the dataset is: a folder, a manifest CSV or a .jsonl file, as the adapter expects."),
+        click.option("-o", "--option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+                     help="An adapter option, e.g. -o text_field=review. Repeatable."),
+    )
+
+
+def backbone_options(required: bool = True, seed_flag: str = "--seed") -> Callable:
+    """--backbone, --weights, the random-init seed, --max-length and --pooling."""
+    return option_group(
+        click.option("--backbone", required=required,
+                     help="timm:<model> (images, e.g. timm:resnetv2_50x1_bit.goog_in21k) or hf:<name-or-folder> "
+                          "(text)."),
+        click.option("--weights", default="pretrained", show_default=True,
+                     help="'pretrained' (from the hub), 'random' (seeded init: the non-pretrained control), or a "
+                          "checkpoint file: BiT .npz, .safetensors, or a torch state dict (.pt/.pth/.bin)."),
+        click.option(seed_flag, "init_seed", default=0, show_default=True,
+                     help="Seed of the random init for --weights random."),
+        click.option("--max-length", type=int, default=None, help="Text backbones: tokens kept per example."),
+        click.option("--pooling", type=click.Choice(["mean", "cls"]), default=None,
+                     help="Text backbones: mean of the last hidden state over tokens (default) or its [CLS] row."),
+    )
+
+
+finetune_options = option_group(
+    click.option("--recipe", "recipe_options", multiple=True, metavar="KEY=VALUE",
+                 help="Finetune mode: override a field of the paper's recipe (BiT for images, RoBERTa's for text), "
+                      "e.g. --recipe base_lr=0.01 or --recipe schedule=10,20,30,40,50. Repeatable; an unknown key "
+                      "lists the fields."),
+    click.option("--micro-batch", default=8, show_default=True,
+                 help="Finetune mode: examples per forward/backward pass; the recipe's batch is accumulated from "
+                      "them."),
+    click.option("--eval-batch-size", default=64, show_default=True,
+                 help="Finetune mode: examples per forward pass when evaluating and scoring."),
+    click.option("--workers", type=int, default=None,
+                 help="Finetune mode: DataLoader worker processes; default: CPUs - 1 (max 8) for images, 0 for text."),
+    click.option("--train-seed", default=0, show_default=True,
+                 help="Finetune mode: seed of the shuffling, crops, flips and dropout (mixed with each round's "
+                      "labelled set, so resumed runs train identically)."),
+    click.option("--amp", type=click.Choice(["auto", "bf16", "none"]), default="auto", show_default=True,
+                 help="Finetune mode: bf16 autocast; auto = on for CUDA, off on CPU."),
+)
+
+
+def step_bars(enabled: bool):
+    """A progress(phase, done, total) callback for finetuning: one transient bar per training or scoring
+    pass (passes start at done = 0); None when disabled."""
+    from tqdm.auto import tqdm
+
+    bars: dict = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if done == 0:
+            if "bar" in bars:
+                bars["bar"].close()
+            unit = "step" if phase == "train" else "ex"
+            bars["bar"] = tqdm(total=total, desc=phase, unit=unit, leave=False, position=1, dynamic_ncols=True)
+        bars["bar"].update(done - bars["bar"].n)
+        if done >= total:
+            bars.pop("bar").close()
+
+    return progress if enabled else None

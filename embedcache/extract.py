@@ -6,7 +6,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ def shard_range(n: int, index: int, count: int) -> range:
 class _Examples(torch.utils.data.Dataset):
     """Loads and transforms example `rows[k]`; failures are returned, not raised, so they can be skipped."""
 
-    def __init__(self, dataset: DatasetAdapter, transform: Callable, rows: range):
+    def __init__(self, dataset: DatasetAdapter, transform: Callable, rows: Sequence[int]):
         self.dataset, self.transform, self.rows = dataset, transform, rows
 
     def __len__(self) -> int:
@@ -92,6 +92,22 @@ class _Collate:
         good = [x for x, err in items if err is None]
         errors = {k: err for k, (_, err) in enumerate(items) if err is not None}
         return len(items), (self.collate(good) if good else None), errors
+
+
+def default_workers(modality: str) -> int:
+    """Loader processes when none are asked for: one fewer than the CPUs (at most 8) for images, 0 for text."""
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if modality == "image" else 0
+
+
+def example_loader(dataset: DatasetAdapter, transform: Callable, collate: Callable, rows: Sequence[int],
+                   batch_size: int, num_workers: int | None = None,
+                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of dataset `rows` in order, as `(size, batch, errors)`: `batch` collates the examples that
+    loaded (None if none did), `errors` maps a failed example's position in the batch to its message.
+    Extraction and finetuning both read examples through this one loader."""
+    workers = default_workers(dataset.modality) if num_workers is None else num_workers
+    return torch.utils.data.DataLoader(_Examples(dataset, transform, rows), batch_size=batch_size, shuffle=False,
+                                       num_workers=workers, collate_fn=_Collate(collate), pin_memory=pin_memory)
 
 
 def _open_output(path: Path, metadata: Metadata, dim: int, recipe: dict, dataset: dict, shard: dict | None,
@@ -163,13 +179,8 @@ def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, option
 
 def _run(dataset: DatasetAdapter, backbone: Backbone, cache: EmbeddingCache, rows: range, device: torch.device,
          options: ExtractOptions, progress: Progress | None, done: int, total: int) -> None:
-    workers = options.num_workers
-    if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if backbone.modality == "image" else 0
-    loader = torch.utils.data.DataLoader(
-        _Examples(dataset, backbone.transform, rows), batch_size=options.batch_size, shuffle=False,
-        num_workers=workers, collate_fn=_Collate(backbone.collate), pin_memory=device.type == "cuda",
-    )
+    loader = example_loader(dataset, backbone.transform, backbone.collate, rows, options.batch_size,
+                            options.num_workers, pin_memory=device.type == "cuda")
     channels_last = options.channels_last
     if channels_last is None:
         channels_last = device.type == "cuda" and backbone.modality == "image"

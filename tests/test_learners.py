@@ -3,8 +3,12 @@ scikit-learn's LogisticRegression (probabilities within 1e-3)."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 
 from embedcache.errors import ConfigError
@@ -19,24 +23,80 @@ def _data(classes: int, n: int = 600, dim: int = 40, seed: int = 0):
     return x.astype(np.float32), y
 
 
+@dataclasses.dataclass
+class Case:
+    """A learner on a 4-class problem whose label space has a 5th class that never appears.
+    `seen_only`: classes absent from the labelled set get probability exactly 0 (the linear head
+    fits the seen classes; a finetuned network's head, as in the paper, covers every class)."""
+
+    make: Callable[[], object]
+    y: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    seen_only: bool
+
+
+def _linear(solver: str) -> Callable[[pytest.FixtureRequest], Case]:
+    def case(request) -> Case:
+        x, y = _data(4)
+        return Case(lambda: LinearLearner(x, 5, LinearConfig(solver=solver)), y, np.arange(200), np.arange(300, 400),
+                    True)
+    return case
+
+
+def _finetune(modality: str) -> Callable[[pytest.FixtureRequest], Case]:
+    """A tiny random-init timm GroupNorm model on class-coloured images, or a tiny BERT on keyword texts."""
+    def case(request) -> Case:
+        from embedcache.backbones import create_backbone
+        from embedcache.datasets import create_dataset
+        from embedcache.datasets.synthetic import write_image_manifest, write_text_jsonl
+        from embedcache.learners.finetune import FinetuneLearner, FinetuneOptions, default_recipe
+
+        folder = request.getfixturevalue("tmp_path")
+        options = FinetuneOptions(device="cpu", num_workers=0)
+        if modality == "image":
+            data = create_dataset("manifest", write_image_manifest(folder / "images", n=64, size=32, num_classes=4))
+            spec, weights = "timm:test_efficientnet_gn", "random"
+            recipe = default_recipe("image", {"resize": "36", "crop": "32", "eval_resize": "32", "batch_size": "8",
+                                              "schedule": "0,20"})
+        else:
+            words = ("great", "awful", "fine", "broken")
+            data = create_dataset("jsonl", write_text_jsonl(folder / "t.jsonl", n=64, keywords=words, words=4))
+            spec, weights = f"hf:{request.getfixturevalue('tiny_bert')}", "pretrained"
+            recipe = default_recipe("text", {"lr": "3e-3", "batch_size": "8", "max_steps": "40"})
+
+        def make():
+            return FinetuneLearner(data, create_backbone(spec, weights=weights), 5, recipe, options)
+        rows = np.arange(64)
+        train = rows % 8 < 4  # every class in both halves
+        return Case(make, data.metadata.label, rows[train], rows[~train], False)
+    return case
+
+
 LEARNERS = {
-    "linear-newton": lambda x, c: LinearLearner(x, c, LinearConfig(solver="newton")),
-    "linear-lbfgs": lambda x, c: LinearLearner(x, c, LinearConfig(solver="lbfgs")),
+    "linear-newton": _linear("newton"),
+    "linear-lbfgs": _linear("lbfgs"),
+    "finetune-image": _finetune("image"),
+    "finetune-text": _finetune("text"),
 }
 
 
 @pytest.mark.parametrize("name", LEARNERS)
-def test_every_learner_conforms(name):
-    x, y = _data(4)
-    learner = LEARNERS[name](x, 5)  # class 4 never appears
-    rows = np.arange(0, 200)
-    assert learner.fit(rows, y[rows]) is learner
-    proba = learner.predict_proba(np.arange(300, 400))
-    assert proba.shape == (100, 5) and proba.dtype == np.float32
+def test_every_learner_conforms(name, request):
+    case = LEARNERS[name](request)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks run faster on one thread
+    try:
+        learner = case.make()
+        assert learner.fit(case.train, case.y[case.train]) is learner
+        proba = learner.predict_proba(case.test)
+        again = case.make().fit(case.train, case.y[case.train]).predict_proba(case.test)
+    finally:
+        torch.set_num_threads(threads)
+    assert proba.shape == (len(case.test), 5) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
-    assert (proba[:, 4] == 0).all()
-    assert (proba.argmax(1) == y[300:400]).mean() > 0.6
-    again = LEARNERS[name](x, 5).fit(rows, y[rows]).predict_proba(np.arange(300, 400))
+    assert (proba[:, 4] == 0).all() if case.seen_only else (proba.argmax(1) != 4).all()
+    assert (proba.argmax(1) == case.y[case.test]).mean() > 0.6
     np.testing.assert_array_equal(proba, again)
     assert set(learner.training_) >= {"steps", "loss_initial", "loss_final", "stopped_by"}
     assert learner.training_["loss_final"] < learner.training_["loss_initial"]

@@ -6,3 +6,20 @@ never knows which. Optional hooks: `prepare(pool, evaluation)` once before the f
 `warm_start` (the loop replays earlier fits on resume when True), and `training_` (facts about
 the last fit: steps, loss_initial, loss_final, stopped_by).
 """
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedcache.errors import ConfigError
+
+
+def fit_arguments(rows, y, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """`fit`'s rows and labels as int64 arrays, checked: as many labels as rows, at least one, in range."""
+    rows = np.asarray(rows, dtype=np.int64)
+    y = np.asarray(y, dtype=np.int64)
+    if len(rows) != len(y) or not len(rows):
+        raise ConfigError(f"fit needs as many labels as rows (got {len(rows)} rows, {len(y)} labels)")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ConfigError(f"labels must be in 0..{num_classes - 1}")
+    return rows, y

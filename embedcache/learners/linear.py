@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from embedcache.errors import ConfigError
+from embedcache.learners import fit_arguments
 
 SOLVERS = ("auto", "newton", "lbfgs")
 _NEWTON_MAX_VARIABLES = 2048
@@ -146,12 +147,7 @@ class LinearLearner:
 
     # ------------------------------------------------------------------ fit
     def fit(self, rows: np.ndarray, y: np.ndarray) -> "LinearLearner":
-        rows = np.asarray(rows, dtype=np.int64)
-        y = np.asarray(y, dtype=np.int64)
-        if len(rows) != len(y) or not len(rows):
-            raise ConfigError(f"fit needs as many labels as rows (got {len(rows)} rows, {len(y)} labels)")
-        if y.min() < 0 or y.max() >= self.num_classes:
-            raise ConfigError(f"labels must be in 0..{self.num_classes - 1}")
+        rows, y = fit_arguments(rows, y, self.num_classes)
         if not self._stats_ready:
             self._set_stats(self.features)
         self._logits = {}
