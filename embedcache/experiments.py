@@ -22,11 +22,11 @@ from embedcache.errors import ConfigError
 from embedcache.learners import distributed
 from embedcache.learners.finetune import FinetuneOptions, Progress
 from embedcache.learners.linear import LinearConfig, LinearLearner
-from embedcache.loop import run_al
+from embedcache.loop import open_record, run_al
 from embedcache.metadata import Metadata
 from embedcache.protocols import Protocol
 from embedcache.recipe import recipe_label
-from embedcache.records import Run, read_run, record_path
+from embedcache.records import Run, read_run
 
 #: on_round(strategy, seed, record, n_rounds): after each round (single-process runs only).
 OnRound = Callable[[str, int, dict, int], None]
@@ -141,8 +141,9 @@ class FinetuneExperiment:
         metadata = data.metadata
         finetune = FinetuneLearner(data, backbone, metadata.num_classes, recipe, self.options, self.progress)
         start = finetune.starting_point()
+        described = data.describe()
         source = {"fingerprint": start.fingerprint, "backbone": recipe_label(start.to_dict()),
-                  "dataset": data.describe()}
+                  "data": described["manifest_sha256"], "dataset": described}
         features = None
         if "linear" in (self.evaluate_with, self.score_with):
             features, source["linear"] = aligned_features(self.cache, metadata)
@@ -180,36 +181,34 @@ def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: S
     if jobs > 1 and distributed.world_size() > 1:
         raise ConfigError("--jobs > 1 cannot be combined with torchrun: the processes already share one run")
     tasks = [(s, seed) for s in strategies for seed in seeds]
-    finished: list[Run] = []
-    todo = []
-    for strategy, seed in tasks:
-        path = record_path(out_dir, strategy, seed)
-        run = read_run(path) if path.exists() else None
-        if run is not None and run.complete:
-            finished.append(run)
-        else:
-            todo.append((strategy, seed))
-    for run in finished:
-        if on_run:
-            on_run(run, len(finished), len(tasks))
-    if not todo:
-        return finished
-    if jobs == 1 or len(todo) == 1:
-        session = experiment.open()
-        if session.serve is not None:
-            session.serve()
-            session.close()
-            return []
-        for strategy, seed in todo:
-            report = None if on_round is None else (
-                lambda record, n_rounds, s=strategy, q=seed: on_round(s, q, record, n_rounds))
-            run = run_al(session.make_learner(), session.metadata, protocol, strategy, seed, out_dir,
-                         source=session.source, on_round=report)
-            finished.append(run)
-            if on_run:
-                on_run(run, len(finished), len(tasks))
+    session = experiment.open()
+    if session.serve is not None:  # a torchrun follower: rank 0 drives the runs, this process helps
+        session.serve()
         session.close()
-        return finished
+        return []
+    try:
+        finished: list[Run] = []
+        todo = []
+        for strategy, seed in tasks:  # a finished record counts only if its configuration is this one
+            _, _, writer = open_record(session.make_learner(), session.metadata, protocol, strategy, seed, out_dir,
+                                       session.source)
+            if writer.complete:
+                finished.append(read_run(writer.path))
+                if on_run:
+                    on_run(finished[-1], len(finished), len(tasks))
+            else:
+                todo.append((strategy, seed))
+        if jobs == 1 or len(todo) <= 1:
+            for strategy, seed in todo:
+                report = None if on_round is None else (
+                    lambda record, n_rounds, s=strategy, q=seed: on_round(s, q, record, n_rounds))
+                finished.append(run_al(session.make_learner(), session.metadata, protocol, strategy, seed, out_dir,
+                                       source=session.source, on_round=report))
+                if on_run:
+                    on_run(finished[-1], len(finished), len(tasks))
+            return finished
+    finally:
+        session.close()
     context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
     with concurrent.futures.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context,
                                                 initializer=_open_worker, initargs=(experiment,)) as pool:

@@ -118,21 +118,14 @@ class Plan:
         return result
 
 
-def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path, *,
-           source: dict, on_round: OnRound | None = None) -> Run:
-    """Run (or resume, or skip if finished) one (strategy, seed) run and return its record.
-
-    `source` describes the features: at least `fingerprint` (cache recipe or backbone recipe),
-    `backbone` (a label for plots) and `data` (a fingerprint of the examples: the dataset manifest;
-    the metadata's when absent); it goes into the record header. A record is resumed or reused only
-    if features, data, protocol, learner and strategy are all the same.
-    """
+def open_record(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path,
+                source: dict) -> tuple[Plan, np.ndarray, RunWriter]:
+    """Check the protocol against the data and open the run's record: a new one, or the existing one
+    if it was made with the same configuration (`RunWriter` refuses any other)."""
     plan = Plan.make(protocol, metadata)
-    chooser = create_strategy(strategy)
-    labels = metadata.label
-    seed_rows = seed_set(labels[plan.pool], plan.pool, protocol.seed_size, protocol.seed_balanced,
+    create_strategy(strategy)  # an unknown name fails before any file is written
+    seed_rows = seed_set(metadata.label[plan.pool], plan.pool, protocol.seed_size, protocol.seed_balanced,
                          _rng(seed, "seed-set"))
-    schedule = protocol.schedule()
     describe = getattr(learner, "describe", dict)
     header = {
         "mode": describe().get("learner", type(learner).__name__), "strategy": strategy, "seed": int(seed),
@@ -143,9 +136,24 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
         "pool_counts": plan.pool_counts(), "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    writer = RunWriter(record_path(out_dir, strategy, seed), header)
+    return plan, seed_rows, RunWriter(record_path(out_dir, strategy, seed), header)
+
+
+def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path, *,
+           source: dict, on_round: OnRound | None = None) -> Run:
+    """Run (or resume, or skip if finished) one (strategy, seed) run and return its record.
+
+    `source` describes the features: at least `fingerprint` (cache recipe or backbone recipe),
+    `backbone` (a label for plots) and `data` (a fingerprint of the examples: the dataset manifest;
+    the metadata's when absent); it goes into the record header. A record is resumed or reused only
+    if features, data, protocol, learner and strategy are all the same.
+    """
+    plan, seed_rows, writer = open_record(learner, metadata, protocol, strategy, seed, out_dir, source)
     if writer.complete:
         return read_run(writer.path)
+    chooser = create_strategy(strategy)
+    labels = metadata.label
+    schedule = protocol.schedule()
     row_of = {i: r for r, i in enumerate(metadata.ids)}
     labeled = [seed_rows] + [np.array([row_of[i] for i in r["acquired"]["ids"]], dtype=np.int64)
                              for r in writer.rounds]

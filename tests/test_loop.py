@@ -214,3 +214,12 @@ def test_cli_bad_input(cache, tmp_path):
 def test_grid_library_call(cache, tmp_path):
     runs = run_grid(LinearExperiment(cache), SMALL.replace(budget=10), ["margin"], [3], tmp_path)
     assert len(runs) == 1 and runs[0].seed == 3 and runs[0].complete
+
+
+def test_grid_never_counts_finished_records_of_another_configuration(cache, tmp_path):
+    protocol = SMALL.replace(budget=10)
+    run_grid(LinearExperiment(cache), protocol, ["margin"], [0], tmp_path)
+    with pytest.raises(RecordError, match="differs in: learner"):
+        run_grid(LinearExperiment(cache, LinearConfig(C=5.0)), protocol, ["margin"], [0], tmp_path)
+    with pytest.raises(RecordError, match="differs in: protocol"):
+        run_grid(LinearExperiment(cache), protocol.replace(per_round=2), ["margin"], [0], tmp_path, jobs=2)
