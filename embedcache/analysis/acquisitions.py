@@ -35,15 +35,17 @@ def recorded_columns(run: Run) -> list[str]:
 
 
 def acquisition_specs(runs: Sequence[Run]) -> list[str]:
-    """Specs to analyse: every column recorded, every spec with pool counts, and label*column for each group."""
-    specs: dict[str, None] = {}
+    """Specs every run can be analysed on: each recorded column, each spec with pool counts over
+    recorded columns, and label*column for each group column."""
+    per_run = []
     for run in runs:
         columns = recorded_columns(run)
-        specs.update(dict.fromkeys(columns))
+        specs = dict.fromkeys(columns)
         specs.update(dict.fromkeys(s for s in run.header.get("pool_counts", {})
                                    if all(c in columns for c in s.split(COMBINE))))
         specs.update(dict.fromkeys(f"{LABEL}{COMBINE}{c}" for c in columns if c != LABEL and LABEL in columns))
-    return list(specs)
+        per_run.append(specs)
+    return [s for s in per_run[0] if all(s in specs for specs in per_run)] if per_run else []
 
 
 def check_spec(runs: Sequence[Run], spec: str) -> None:
@@ -106,8 +108,8 @@ class Upsampling:
 
     def to_dict(self) -> dict:
         return {"backbone": self.key.backbone, "strategy": self.key.strategy, "group": self.spec,
-                "value": self.value, "pool_share": self.pool_share.mean, "acquired_share": self.acquired_share.to_dict(),
-                "ratio": self.ratio.to_dict()}
+                "value": self.value, "pool_share": self.pool_share.mean,
+                "acquired_share": self.acquired_share.to_dict(), "ratio": self.ratio.to_dict()}
 
     def row(self) -> dict:
         """A flat dict for CSV tables."""

@@ -43,11 +43,12 @@ class CurveKey:
         return f"{self.strategy} · {self.backbone}"
 
 
-def features_identity(run: Run) -> str:
-    """The fingerprint plus the dataset (manifest hash where recorded): equal for runs on the same features."""
+def features_identity(run: Run) -> tuple[str, str]:
+    """(fingerprint, dataset): the dataset's manifest hash where recorded, else its description.
+    Equal for runs on the same features."""
     dataset = run.header.get("source", {}).get("dataset") or {}
     data = dataset.get("manifest_sha256") if isinstance(dataset, dict) else None
-    return f"{run.fingerprint}|{data or canonical_json(dataset)}"
+    return run.fingerprint, data or canonical_json(dataset)
 
 
 def group_runs(runs: Sequence[Run], allow_mixed: bool = False) -> dict[CurveKey, list[Run]]:
@@ -57,12 +58,11 @@ def group_runs(runs: Sequence[Run], allow_mixed: bool = False) -> dict[CurveKey,
         groups.setdefault(CurveKey(run.backbone, run.strategy), []).append(run)
     for key, members in groups.items():
         members.sort(key=lambda r: (r.seed, features_identity(r), str(r.path)))
-        identities = sorted({features_identity(r) for r in members})
-        if len(identities) > 1 and not allow_mixed:
-            examples = {features_identity(r): r.path for r in members}
-            listed = "; ".join(f"{examples[i]} (fingerprint {i[:12]})" for i in identities)
-            raise RecordError(f"runs of {key.strategy!r} on {key.backbone!r} come from {len(identities)} different "
-                              f"features ({listed}): report them separately, or pass --allow-mixed to pool them "
+        example = {features_identity(r): r.path for r in members}
+        if len(example) > 1 and not allow_mixed:
+            listed = "; ".join(f"{path} (fingerprint {f[:12]}, dataset {d[:40]})" for (f, d), path in example.items())
+            raise RecordError(f"runs of {key.strategy!r} on {key.backbone!r} come from {len(example)} different "
+                              f"features: {listed}. Report them separately, or pass --allow-mixed to pool them "
                               "into one curve")
         seen: dict[tuple, Run] = {}
         for run in members:
@@ -112,8 +112,8 @@ def check_split(runs: Sequence[Run], split: str) -> None:
     """ConfigError unless every run evaluated `split` in some round."""
     for run in runs:
         if not any(split in r.get("metrics", {}) for r in run.rounds):
-            found = evaluated_splits([run])
-            raise ConfigError(f"--split {split!r}: {run.path} has no metrics for it (it evaluated {found or 'nothing'})")
+            found = evaluated_splits([run]) or "nothing"
+            raise ConfigError(f"--split {split!r}: {run.path} has no metrics for it (it evaluated {found})")
 
 
 @dataclasses.dataclass
