@@ -104,6 +104,12 @@ def test_report_options(runs, tmp_path):
     assert [c["strategy"] for c in summary["comparisons"]] == ["random"]
     assert summary["comparisons"][0]["metric"] == "worst_group"
     assert {u["group"] for u in summary["upsampling"]} == {"place"}
+    few = write_report(read_runs([runs[0]]), tmp_path / "few", ReportConfig(groups=("label*place",), max_panels=3))
+    assert "curves-label-x-place.png shows 3 of 4 values of label*place; curves.csv has all" in few["notes"]
+    assert "figures of label*place show the 3 values acquired most; the tables have all" in few["notes"]
+    assert len({u["value"] for u in few["upsampling"]}) == 4
+    with open(tmp_path / "few" / "upsampling-rounds.csv") as f:
+        assert len({row["value"] for row in csv.DictReader(f)}) == 3
 
 
 @pytest.mark.parametrize("args, message", [
@@ -137,7 +143,8 @@ def test_report_refuses_mixed_features_empty_folders_and_foreign_out_folders(run
     empty = runner.invoke(main, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "e")])
     assert empty.exit_code == 1 and "no run records" in empty.output
     foreign = runner.invoke(main, ["report", str(runs[0]), "--out", str(runs[1])])
-    assert foreign.exit_code == 1 and "holds no summary.json" in foreign.output
+    assert foreign.exit_code == 1 and "holds files this command does not write (e.g. least-confidence-seed0.jsonl)" \
+        in foreign.output
 
 
 # ---------------------------------------------------------------------- separability

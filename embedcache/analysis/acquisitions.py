@@ -26,7 +26,7 @@ from embedcache.analysis.stats import Estimate, estimate
 from embedcache.errors import ConfigError
 from embedcache.metadata import LABEL
 from embedcache.metrics import COMBINE
-from embedcache.records import Run
+from embedcache.records import RecordError, Run
 
 
 def recorded_columns(run: Run) -> list[str]:
@@ -89,9 +89,39 @@ def pool_counts(run: Run, spec: str) -> dict[str, int]:
     return _cache_pool_counts(cache, run.fingerprint, run.header["protocol"]["pool_split"], spec)
 
 
-def _acquired(run: Run, spec: str) -> list[list[str]]:
-    """The values of `spec` acquired in each round."""
-    return [_values(r["acquired"]["groups"], spec) if r["acquired"]["ids"] else [] for r in run.rounds]
+@dataclasses.dataclass
+class _Acquisitions:
+    """One run's acquisitions of a spec: pool values and shares, and per round with acquisitions
+    the labels once its batch is labelled and the batch's count per value."""
+
+    run: Run
+    column: dict[str, int]
+    share: np.ndarray
+    labels: np.ndarray
+    counts: np.ndarray
+
+
+def _acquisitions(runs: Sequence[Run], spec: str) -> list[_Acquisitions]:
+    """Per run that acquired anything, its acquisitions of `spec` counted per value."""
+    result = []
+    for run in runs:
+        counts = pool_counts(run, spec)
+        column = {v: i for i, v in enumerate(counts)}
+        labels, rows = [], []
+        for r in run.rounds:
+            if not r["acquired"]["ids"]:
+                continue
+            batch = _values(r["acquired"]["groups"], spec)
+            unknown = [v for v in batch if v not in column]
+            if unknown:
+                raise RecordError(f"{run.path}, round {r['round']}: acquired {spec}={unknown[0]!r}, which its pool "
+                                  "counts do not have")
+            labels.append(int(r["n_labeled"]) + len(batch))
+            rows.append(np.bincount([column[v] for v in batch], minlength=len(column)))
+        if rows:
+            total = np.array(list(counts.values()), dtype=np.float64)
+            result.append(_Acquisitions(run, column, total / total.sum(), np.array(labels), np.array(rows)))
+    return result
 
 
 @dataclasses.dataclass
@@ -119,50 +149,33 @@ class Upsampling:
                 "ratio_sd": r.sd, "ci_low": r.low, "ci_high": r.high, "n_seeds": r.n}
 
 
-def _shares(runs: Sequence[Run], spec: str) -> list[tuple[Run, dict[str, float], list[list[str]]]]:
-    """Per run with acquisitions: (run, pool share per value, acquired values per round)."""
-    result = []
-    for run in runs:
-        acquired = _acquired(run, spec)
-        if any(acquired):
-            counts = pool_counts(run, spec)
-            total = sum(counts.values())
-            result.append((run, {v: c / total for v, c in counts.items()}, acquired))
-    return result
-
-
 def upsampling(key: CurveKey, runs: Sequence[Run], spec: str) -> list[Upsampling]:
     """Upsampling ratio of every value of `spec` in the pool (values in pool order); [] if nothing was acquired."""
     check_spec(runs, spec)
-    per_run = _shares(runs, spec)
-    values = list(dict.fromkeys(v for _, shares, _ in per_run for v in shares))
+    per_run = []
+    for a in _acquisitions(runs, spec):
+        acquired = a.counts.sum(axis=0) / a.counts.sum()
+        per_run.append((a.column, a.share, acquired, acquired / a.share))
     results = []
-    for value in values:
-        pool, acquired, ratio = [], [], []
-        for _, shares, rounds in per_run:
-            flat = [v for batch in rounds for v in batch]
-            share = flat.count(value) / len(flat)
-            pool.append(shares.get(value, 0.0))
-            acquired.append(share)
-            if pool[-1] > 0:
-                ratio.append(share / pool[-1])
-        if ratio:
-            results.append(Upsampling(key, spec, value, estimate(pool), estimate(acquired), estimate(ratio)))
+    for value in dict.fromkeys(v for column, *_ in per_run for v in column):
+        present = [(share[c[value]], acquired[c[value]], ratio[c[value]])
+                   for c, share, acquired, ratio in per_run if value in c]
+        pool, acquired, ratio = (np.array(x) for x in zip(*present))
+        results.append(Upsampling(key, spec, value, estimate(pool), estimate(acquired), estimate(ratio)))
     return results
 
 
-def cumulative_upsampling(key: CurveKey, runs: Sequence[Run], spec: str) -> list[Curve]:
+def cumulative_upsampling(key: CurveKey, runs: Sequence[Run], spec: str,
+                          values: Sequence[str] | None = None) -> list[Curve]:
     """Upsampling ratio of the acquisitions so far, against the labels once they are labelled:
-    one curve per value (metric "SPEC=VALUE"), mean ± 95 % CI over seeds."""
+    one curve per value (metric "SPEC=VALUE"; all values, or `values`), mean ± 95 % CI over seeds."""
     check_spec(runs, spec)
     points: dict[str, dict[int, list[float]]] = {}
-    for run, shares, rounds in _shares(runs, spec):
-        so_far: list[str] = []
-        for r, batch in zip(run.rounds, rounds):
-            if not batch:
-                continue
-            so_far += batch
-            labels = int(r["n_labeled"]) + len(batch)
-            for value, share in shares.items():
-                points.setdefault(value, {}).setdefault(labels, []).append(so_far.count(value) / len(so_far) / share)
+    for a in _acquisitions(runs, spec):
+        so_far = np.cumsum(a.counts, axis=0)
+        ratio = so_far / so_far.sum(axis=1, keepdims=True) / a.share
+        for value in a.column if values is None else [v for v in values if v in a.column]:
+            curve = points.setdefault(value, {})
+            for labels, r in zip(a.labels.tolist(), ratio[:, a.column[value]].tolist()):
+                curve.setdefault(labels, []).append(r)
     return [Curve.from_points(key, f"{spec}={value}", p) for value, p in points.items()]

@@ -4,6 +4,7 @@ deterministic JSON (the same inputs give byte-identical files)."""
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import re
@@ -16,16 +17,19 @@ from embedcache.errors import ConfigError
 DIGITS = 6
 
 
-def prepare_out_dir(path: str | Path, marker: str) -> Path:
-    """Create `path`, or accept it when it is empty or holds `marker` (a previous output of the same
-    command, whose files of the same names are then replaced). Any other folder is refused, so an
-    analysis never writes into a runs folder or someone's home."""
+def prepare_out_dir(path: str | Path, owned: Sequence[str]) -> Path:
+    """Create `path`, or accept it when everything in it has a name the command writes (glob
+    patterns `owned`): an earlier output, whole or cut short, whose files of the same names are
+    then replaced. A folder holding anything else is refused, so an analysis never writes into a
+    runs folder or someone's home."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} is a file, not a folder")
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
-        raise ConfigError(f"--out {path} is not empty and holds no {marker} from an earlier run of this command; "
-                          "choose a new or empty folder")
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if not any(fnmatch.fnmatchcase(p.name, o) for o in owned))
+        if foreign:
+            raise ConfigError(f"--out {path} holds files this command does not write (e.g. {foreign[0]}); choose a "
+                              "new or empty folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

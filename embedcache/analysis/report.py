@@ -8,14 +8,17 @@
 * `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
   significant digits, record paths relative to the output folder, no times), so a report of
   the same runs is the same file;
-* tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, `upsampling-rounds.csv`;
+* tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, and `upsampling-rounds.csv` (the
+  cumulative ratio, for the values the figures show);
 * figures `curves-overall.png` (accuracy, worst group, the dataset's own metrics),
   `curves-<group>.png` (one panel per group value), `upsampling-<group>.png` (bars with CIs)
-  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels).
+  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels). A group with more
+  values than `max_panels` shows the first ones evaluated (curves) or the ones acquired most
+  (upsampling).
 
 Incomplete runs take part with the rounds they have (each point's seed count is in the
-tables). The output folder may be new, empty, or an earlier report, whose files of the same
-names are replaced.
+tables). The output folder may be new, empty, or hold only files a report writes (an earlier
+report, even one cut short), which are replaced.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from embedcache.analysis.output import prepare_out_dir, slug, write_csv, write_j
 from embedcache.errors import ConfigError
 from embedcache.records import Run
 
-#: Written last: its presence marks a folder as an earlier report that may be replaced.
 SUMMARY = "summary.json"
+#: Every name a report writes: a folder holding only these may be written into again.
+OWNED = ("summary.md", SUMMARY, "curves.csv", "curves-*.png", "comparisons.csv", "upsampling.csv",
+         "upsampling-rounds.csv", "upsampling-*.png")
 #: Strategy compared against when present and no other baseline is asked for.
 DEFAULT_BASELINE = "random"
 #: progress(done, total), called as figures are drawn.
@@ -51,8 +56,8 @@ class ReportConfig:
     strategy others are compared with (default "random" when present); metric: the one for
     labels-to-reach and the gain; groups: group specs for the acquisition analysis (default:
     every recorded column and label × column); allow_mixed: pool runs of one curve made on
-    different features; max_panels: panels / bars per figure (tables keep all); top: most
-    upsampled values listed per curve."""
+    different features; max_panels: panels / bars per figure; top: most upsampled values listed
+    per curve."""
 
     split: str | None = None
     baseline: str | None = None
@@ -74,6 +79,7 @@ class Analysis:
     curves: dict[str, list[Curve]]
     comparisons: list[Comparison]
     upsampling: dict[str, list[Upsampling]]
+    shown: dict[str, list[str]]
     cumulative: dict[str, list[Curve]]
     notes: list[str]
 
@@ -131,18 +137,22 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     for spec in config.groups:
         check_spec(everything, spec)
     ups: dict[str, list[Upsampling]] = {}
-    cumulative: dict[str, list[Curve]] = {}
     for key, members in groups.items():
         for spec in config.groups or acquisition_specs(members):
             ups.setdefault(spec, []).extend(upsampling(key, members, spec))
-            cumulative.setdefault(spec, []).extend(cumulative_upsampling(key, members, spec))
+    ups = {spec: entries for spec, entries in ups.items() if entries}
+    shown = {spec: most_acquired(entries, config.max_panels) for spec, entries in ups.items()}
+    for spec, entries in ups.items():
+        if len(shown[spec]) < len({u.value for u in entries}):
+            notes.append(f"figures of {spec} show the {len(shown[spec])} values acquired most; the tables have all")
+    cumulative = {spec: [c for key, members in groups.items() if any(u.key == key for u in ups[spec])
+                         for c in cumulative_upsampling(key, members, spec, shown[spec])] for spec in ups}
     incomplete = [r for r in everything if not r.complete]
     if incomplete:
         notes.append(f"{len(incomplete)} run(s) are incomplete and count with the rounds they have, e.g. "
                      f"{incomplete[0].path.name} ({len(incomplete[0].rounds)}/{incomplete[0].header['n_rounds']} "
                      "rounds)")
-    return Analysis(config, split, baseline, groups, curves, comparisons, {s: u for s, u in ups.items() if u},
-                    {s: c for s, c in cumulative.items() if c}, notes)
+    return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes)
 
 
 def top_upsampled(analysis: Analysis) -> list[Upsampling]:
@@ -161,11 +171,16 @@ def top_upsampled(analysis: Analysis) -> list[Upsampling]:
     return chosen
 
 
-def _most_prevalent(entries: list[Upsampling], limit: int) -> list[str]:
-    shares: dict[str, float] = {}
+def most_acquired(entries: Sequence[Upsampling], limit: int) -> list[str]:
+    """The `limit` values of a spec with the largest acquired share under any strategy (what random
+    sampling picks and what AL asks for), most prevalent in the pool first."""
+    acquired: dict[str, float] = {}
+    pool: dict[str, float] = {}
     for u in entries:
-        shares[u.value] = max(shares.get(u.value, 0.0), u.pool_share.mean)
-    return sorted(shares, key=lambda v: -shares[v])[:limit]
+        acquired[u.value] = max(acquired.get(u.value, 0.0), u.acquired_share.mean)
+        pool[u.value] = max(pool.get(u.value, 0.0), u.pool_share.mean)
+    chosen = sorted(acquired, key=lambda v: (-acquired[v], v))[:limit]
+    return sorted(chosen, key=lambda v: (-pool[v], v))
 
 
 def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callable[[], Path]]], list[str]]:
@@ -188,9 +203,7 @@ def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callab
         add(f"curves-{slug(spec)}.png", f"accuracy per {spec} on {analysis.split}", plots.plot_curves, panels,
             "accuracy")
     for spec, entries in analysis.upsampling.items():
-        values = _most_prevalent(entries, cap)
-        if len(values) < len({u.value for u in entries}):
-            notes.append(f"upsampling figures of {spec} show its {cap} most prevalent values; the tables have all")
+        values = analysis.shown[spec]
         series = []
         for key in dict.fromkeys(u.key for u in entries):
             ratio = {u.value: u.ratio for u in entries if u.key == key}
@@ -273,9 +286,9 @@ def _markdown(summary: dict) -> str:
             ratio = "–" if c["ratio"] is None else f"{c['ratio']:.2f}x"
             gain = c["gain"] or {}
             p = "–" if gain.get("p_value") is None else f"{gain['p_value']:.3g}"
+            at = f"{_estimate_text(gain, signed=True)} ({c['compared_at']})" if gain else "–"
             lines.append(f"| {c['backbone']} | {c['strategy']} | {c['target']:.3f} ({c['baseline_labels']}) | {reach} "
-                         f"| {ratio} | {_estimate_text(gain or None, signed=True)} ({c['compared_at']}) "
-                         f"| {gain.get('test', '–')} | {p} |")
+                         f"| {ratio} | {at} | {gain.get('test', '–')} | {p} |")
     if summary["top_upsampled"]:
         lines += ["", "## Most upsampled groups", "",
                   "Upsampling ratio = share of the acquisitions / share of the pool (1 = as random sampling; "
@@ -295,7 +308,7 @@ def write_report(runs: Sequence[Run], out_dir: str | Path, config: ReportConfig 
                  progress: Progress | None = None) -> dict:
     """Analyse `runs` and write the report into `out_dir` (see the module docstring); returns the summary."""
     analysis = analyse(runs, config)
-    out = prepare_out_dir(out_dir, SUMMARY)
+    out = prepare_out_dir(out_dir, OWNED)
     figures, notes = _figures(analysis, out)
     analysis.notes.extend(notes)
     for done, (_, _, draw) in enumerate(figures, start=1):

@@ -172,18 +172,18 @@ def separability(caches: Sequence[str | Path], target: str = LABEL, groups: Sequ
     return results
 
 
-#: Written last into the output folder; marks it as an earlier separability output that may be replaced.
-SEPARABILITY_JSON = "separability.json"
+#: Every name `write_separability` writes: a folder holding only these may be written into again.
+OWNED = ("separability.csv", "separability.png", "separability.json")
 
 
 def write_separability(results: Sequence[ProbeResult], out_dir: str | Path, config: ProbeConfig) -> list[Path]:
     """separability.csv (per class and overall), separability.png (one panel per probe: bars per
     cache, chance dashed) and separability.json (config and results) in `out_dir`, which may be
-    new, empty or an earlier separability output (its files are then replaced)."""
+    new, empty or hold only these files (an earlier output, then replaced)."""
     from embedcache.analysis.output import prepare_out_dir, write_csv, write_json
     from embedcache.analysis.plots import BarPanel, plot_bars
 
-    out = prepare_out_dir(out_dir, SEPARABILITY_JSON)
+    out = prepare_out_dir(out_dir, OWNED)
     caches_of: dict[str, set[str]] = {}
     for r in results:
         caches_of.setdefault(r.backbone, set()).add(r.cache)
@@ -198,4 +198,4 @@ def write_separability(results: Sequence[ProbeResult], out_dir: str | Path, conf
     paths = [write_csv(out / "separability.csv", [row for r in results for row in r.rows()]),
              plot_bars(out / "separability.png", panels, "held-out accuracy")]
     summary = {"config": dataclasses.asdict(config), "probes": [r.to_dict() for r in results]}
-    return paths + [write_json(out / SEPARABILITY_JSON, summary)]
+    return paths + [write_json(out / "separability.json", summary)]

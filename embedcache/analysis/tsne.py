@@ -65,7 +65,7 @@ def embed_2d(x: np.ndarray, config: TSNEConfig | None = None) -> np.ndarray:
         raise ConfigError(f"t-SNE needs at least 4 points, got {len(x)}")
     perplexity = min(config.perplexity, (len(x) - 1) / 3)
     return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=config.seed,
-                n_jobs=config.threads).fit_transform(x)
+                n_jobs=-1 if config.threads is None else config.threads).fit_transform(x)
 
 
 def select_run(runs: Sequence[Run], fingerprint: str, strategy: str | None = None, seed: int | None = None) -> Run:
