@@ -31,6 +31,7 @@ def main() -> None:
 from embedcache.cli.cache_commands import extract, info, merge  # noqa: E402
 from embedcache.cli.dataset_commands import datasets  # noqa: E402
 from embedcache.cli.al_command import al  # noqa: E402
+from embedcache.cli.analysis_commands import report, separability, tsne  # noqa: E402
 
-for command in (extract, merge, info, datasets, al):
+for command in (extract, merge, info, datasets, al, report, separability, tsne):
     main.add_command(command)

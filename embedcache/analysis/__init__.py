@@ -1,0 +1,1 @@
+"""Analysis: why AL helps — learning curves, acquisitions, separability, t-SNE and neighbourhoods."""

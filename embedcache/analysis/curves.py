@@ -1,0 +1,216 @@
+"""Learning curves over seeds and the comparison of two strategies (labels-to-reach, final gain).
+
+Runs are grouped into curves by (backbone label, strategy); each curve is the mean over its
+seeds, at every number of labels some of them evaluated, with a 95 % band (see `stats`).
+
+One curve must be one set of features. The rule: all runs of a (backbone, strategy) key share
+the features identity: the `fingerprint` in the header and, where recorded, the dataset (its
+manifest hash, else its description). Runs of different backbones in one report are separate
+curves and normal; the same key with two identities (two caches whose recipes print the same
+label, or one backbone over two datasets) is refused unless `allow_mixed`, which pools them.
+The same (key, identity, seed) twice is always refused: the run would be counted twice.
+
+Metrics are named: "accuracy", "worst_group", the dataset's own ("macro_f1",
+"class_balanced_accuracy", "user_accuracy_p10", ...), and "SPEC=VALUE" for one group value,
+e.g. "label*place=waterbird*land".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from embedcache.analysis.stats import Difference, Estimate, difference, estimate, labels_to_reach
+from embedcache.errors import ConfigError
+from embedcache.recipe import canonical_json
+from embedcache.records import RecordError, Run
+
+#: Metrics listed first, in this order, when present; the dataset's own follow, then group values.
+HEADLINE_METRICS = ("accuracy", "worst_group")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class CurveKey:
+    """What one line in a figure stands for."""
+
+    backbone: str
+    strategy: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy} · {self.backbone}"
+
+
+def features_identity(run: Run) -> tuple[str, str]:
+    """(fingerprint, dataset): the dataset's manifest hash where recorded, else its description.
+    Equal for runs on the same features."""
+    dataset = run.header.get("source", {}).get("dataset") or {}
+    data = dataset.get("manifest_sha256") if isinstance(dataset, dict) else None
+    return run.fingerprint, data or canonical_json(dataset)
+
+
+def group_runs(runs: Sequence[Run], allow_mixed: bool = False) -> dict[CurveKey, list[Run]]:
+    """Runs by curve, keys sorted, each list sorted by (seed, identity, path); see the module docstring."""
+    groups: dict[CurveKey, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(CurveKey(run.backbone, run.strategy), []).append(run)
+    for key, members in groups.items():
+        members.sort(key=lambda r: (r.seed, features_identity(r), str(r.path)))
+        example = {features_identity(r): r.path for r in members}
+        if len(example) > 1 and not allow_mixed:
+            listed = "; ".join(f"{path} (fingerprint {f[:12]}, dataset {d[:40]})" for (f, d), path in example.items())
+            raise RecordError(f"runs of {key.strategy!r} on {key.backbone!r} come from {len(example)} different "
+                              f"features: {listed}. Report them separately, or pass --allow-mixed to pool them "
+                              "into one curve")
+        seen: dict[tuple, Run] = {}
+        for run in members:
+            other = seen.setdefault((run.seed, features_identity(run)), run)
+            if other is not run:
+                raise RecordError(f"{other.path} and {run.path} are the same run ({key.strategy!r}, seed {run.seed}, "
+                                  f"on {key.backbone!r}); pass each run once")
+    return dict(sorted(groups.items()))
+
+
+def metric_path(metric: str) -> tuple[str, ...]:
+    """Where a metric lives in a round's metrics dict (see `Run.curve`)."""
+    if metric == "worst_group":
+        return ("worst_group", "accuracy")
+    spec, sep, value = metric.partition("=")
+    return ("groups", spec, value, "accuracy") if sep else (metric,)
+
+
+def curve_metrics(runs: Sequence[Run], split: str) -> list[str]:
+    """Every metric some run evaluated on `split`: headline, the dataset's own (sorted), group values."""
+    scalars, groups = set(), {}
+    for run in runs:
+        for r in run.rounds:
+            metrics = r.get("metrics", {}).get(split)
+            if not metrics:
+                continue
+            scalars.update(k for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n")
+            if "worst_group" in metrics:
+                scalars.add("worst_group")
+            for spec, values in metrics.get("groups", {}).items():
+                groups.setdefault(spec, {}).update(dict.fromkeys(values))
+    headline = [m for m in HEADLINE_METRICS if m in scalars]
+    own = sorted(scalars - set(HEADLINE_METRICS))
+    return headline + own + [f"{spec}={value}" for spec, values in groups.items() for value in values]
+
+
+def evaluated_splits(runs: Sequence[Run]) -> list[str]:
+    """Splits evaluated in some round of some run, in first-seen order."""
+    splits: dict[str, None] = {}
+    for run in runs:
+        for r in run.rounds:
+            splits.update(dict.fromkeys(r.get("metrics", {})))
+    return list(splits)
+
+
+def check_split(runs: Sequence[Run], split: str) -> None:
+    """ConfigError unless every run evaluated `split` in some round."""
+    for run in runs:
+        if not any(split in r.get("metrics", {}) for r in run.rounds):
+            found = evaluated_splits([run]) or "nothing"
+            raise ConfigError(f"--split {split!r}: {run.path} has no metrics for it (it evaluated {found})")
+
+
+@dataclasses.dataclass
+class Curve:
+    """A metric's mean over seeds against the number of labels: arrays of equal length, one entry
+    per number of labels some seed reached; `n` seeds there, `half_width` NaN where n = 1."""
+
+    key: CurveKey
+    metric: str
+    n_labeled: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+    half_width: np.ndarray
+    n: np.ndarray
+
+    @classmethod
+    def from_points(cls, key: CurveKey, metric: str, points: dict[int, list[float]]) -> "Curve":
+        xs = sorted(points)
+        stats = [estimate(points[x]) for x in xs]
+        nan = float("nan")
+        return cls(key, metric, np.asarray(xs, dtype=np.int64), np.array([s.mean for s in stats]),
+                   np.array([nan if s.sd is None else s.sd for s in stats]),
+                   np.array([nan if s.half_width is None else s.half_width for s in stats]),
+                   np.array([s.n for s in stats], dtype=np.int64))
+
+    def point(self, i: int) -> Estimate:
+        """The estimate at the i-th number of labels (-1: the last)."""
+        sd, half = float(self.sd[i]), float(self.half_width[i])
+        return Estimate(float(self.mean[i]), int(self.n[i]), None if np.isnan(sd) else sd,
+                        None if np.isnan(half) else half)
+
+    def rows(self) -> list[dict]:
+        """One dict per point, for CSV tables."""
+        return [{"backbone": self.key.backbone, "strategy": self.key.strategy, "metric": self.metric,
+                 "n_labeled": int(x), "n_seeds": int(n), "mean": m, "sd": sd, "ci_low": m - h, "ci_high": m + h}
+                for x, n, m, sd, h in zip(self.n_labeled, self.n, self.mean, self.sd, self.half_width)]
+
+
+def learning_curve(key: CurveKey, runs: Sequence[Run], split: str, metric: str = "accuracy") -> Curve:
+    """The mean (± 95 % CI) over `runs` of `metric` on `split`, at every number of labels evaluated."""
+    points: dict[int, list[float]] = {}
+    for run in runs:
+        for x, y in zip(*run.curve(split, metric_path(metric))):
+            points.setdefault(int(x), []).append(float(y))
+    if not points:
+        raise ConfigError(f"no run of {key.label!r} recorded {metric!r} on split {split!r}")
+    return Curve.from_points(key, metric, points)
+
+
+def values_at(runs: Sequence[Run], split: str, metric: str, n_labeled: int) -> list[tuple[int, float]]:
+    """(seed, value) of every run that evaluated `metric` with `n_labeled` labels."""
+    found = []
+    for run in runs:
+        xs, ys = run.curve(split, metric_path(metric))
+        hit = np.flatnonzero(xs == n_labeled)
+        if len(hit):
+            found.append((run.seed, float(ys[hit[-1]])))
+    return found
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Strategy A (`key`) against a baseline B on one metric.
+
+    target: B's final mean (at `baseline_labels`, its largest number of labels); labels_to_reach:
+    the labels A's mean curve needs to first reach it (interpolated, None if never); ratio:
+    baseline_labels / labels_to_reach ("5x fewer labels"). Labels count the whole labelled set,
+    seed set included, as the curves' x-axis. gain: A − B at `compared_at`, the largest number
+    of labels both curves evaluated (None if they share none)."""
+
+    key: CurveKey
+    baseline: CurveKey
+    metric: str
+    target: float
+    baseline_labels: int
+    labels_to_reach: float | None
+    ratio: float | None
+    compared_at: int | None
+    gain: Difference | None
+
+    def to_dict(self) -> dict:
+        return {"backbone": self.key.backbone, "strategy": self.key.strategy, "baseline": self.baseline.strategy,
+                "baseline_backbone": self.baseline.backbone, "metric": self.metric, "target": self.target,
+                "baseline_labels": self.baseline_labels, "labels_to_reach": self.labels_to_reach, "ratio": self.ratio,
+                "compared_at": self.compared_at, "gain": None if self.gain is None else self.gain.to_dict()}
+
+
+def compare(key: CurveKey, runs: Sequence[Run], baseline: CurveKey, baseline_runs: Sequence[Run], split: str,
+            metric: str = "accuracy") -> Comparison:
+    """Labels-to-reach, ratio and final gain of `runs` against `baseline_runs` (see `Comparison`)."""
+    a = learning_curve(key, runs, split, metric)
+    b = learning_curve(baseline, baseline_runs, split, metric)
+    target, baseline_labels = float(b.mean[-1]), int(b.n_labeled[-1])
+    reach = labels_to_reach(a.n_labeled, a.mean, target)
+    ratio = None if reach is None or reach <= 0 else baseline_labels / reach
+    shared = np.intersect1d(a.n_labeled, b.n_labeled)
+    at = int(shared[-1]) if len(shared) else None
+    gain = None if at is None else difference(values_at(runs, split, metric, at),
+                                              values_at(baseline_runs, split, metric, at))
+    return Comparison(key, baseline, metric, target, baseline_labels, reach, ratio, at, gain)

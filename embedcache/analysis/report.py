@@ -1,0 +1,343 @@
+"""`embedcache report`: the paper's result figures and tables, from run records alone.
+
+`write_report(runs, out_dir)` writes:
+
+* `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy),
+  labels-to-reach and final gain against the baseline strategy, the most upsampled groups,
+  links to every figure and table;
+* `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
+  significant digits, record paths relative to the output folder, no times), so a report of
+  the same runs is the same file;
+* tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, and `upsampling-rounds.csv` (the
+  cumulative ratio, for the values the figures show);
+* figures `curves-overall.png` (accuracy, worst group, the dataset's own metrics),
+  `curves-<group>.png` (one panel per group value), `upsampling-<group>.png` (bars with CIs)
+  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels). A group with more
+  values than `max_panels` shows the first ones evaluated (curves) or the ones acquired most
+  (upsampling).
+
+Incomplete runs take part with the rounds they have (each point's seed count is in the
+tables). The output folder may be new, empty, or hold only files a report writes (an earlier
+report, even one cut short), which are replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from embedcache.analysis.acquisitions import (Upsampling, acquisition_specs, check_spec, cumulative_upsampling,
+                                              upsampling)
+from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, CurveKey, check_split, compare,
+                                        curve_metrics, evaluated_splits, group_runs,
+                                        learning_curve)
+from embedcache.analysis.output import prepare_out_dir, slug, write_csv, write_json
+from embedcache.errors import ConfigError
+from embedcache.records import Run
+
+SUMMARY = "summary.json"
+#: Every name a report writes: a folder holding only these may be written into again.
+OWNED = ("summary.md", SUMMARY, "curves.csv", "curves-*.png", "comparisons.csv", "upsampling.csv",
+         "upsampling-rounds.csv", "upsampling-*.png")
+#: Strategy compared against when present and no other baseline is asked for.
+DEFAULT_BASELINE = "random"
+#: progress(done, total), called as figures are drawn.
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """split: evaluated split to report (default: the first the runs evaluated); baseline: the
+    strategy others are compared with (default "random" when present); metric: the one for
+    labels-to-reach and the gain; groups: group specs for the acquisition analysis (default:
+    every recorded column and label × column); allow_mixed: pool runs of one curve made on
+    different features; max_panels: panels / bars per figure; top: most upsampled values listed
+    per curve."""
+
+    split: str | None = None
+    baseline: str | None = None
+    metric: str = "accuracy"
+    groups: tuple[str, ...] = ()
+    allow_mixed: bool = False
+    max_panels: int = 16
+    top: int = 5
+
+
+@dataclasses.dataclass
+class Analysis:
+    """A report's numbers, computed and not yet written."""
+
+    config: ReportConfig
+    split: str
+    baseline: str | None
+    runs: dict[CurveKey, list[Run]]
+    curves: dict[str, list[Curve]]
+    comparisons: list[Comparison]
+    upsampling: dict[str, list[Upsampling]]
+    shown: dict[str, list[str]]
+    cumulative: dict[str, list[Curve]]
+    notes: list[str]
+
+    @property
+    def scalar_metrics(self) -> list[str]:
+        return [m for m in self.curves if "=" not in m]
+
+    def group_metrics(self) -> dict[str, list[str]]:
+        """Group spec → its value metrics ("SPEC=VALUE"), in evaluation order."""
+        specs: dict[str, list[str]] = {}
+        for m in self.curves:
+            if "=" in m:
+                specs.setdefault(m.partition("=")[0], []).append(m)
+        return specs
+
+
+def _baseline(strategies: set[str], asked: str | None) -> str | None:
+    if asked is not None and asked not in strategies:
+        raise ConfigError(f"--baseline {asked!r}: no runs of that strategy; the runs have {sorted(strategies)}")
+    return asked if asked is not None else (DEFAULT_BASELINE if DEFAULT_BASELINE in strategies else None)
+
+
+def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis:
+    """Every number of the report (see the module docstring); errors before anything is written."""
+    config = config or ReportConfig()
+    if config.max_panels < 1 or config.top < 0:
+        raise ConfigError("--max-panels must be at least 1 and --top at least 0")
+    groups = group_runs(runs, config.allow_mixed)
+    everything = [r for members in groups.values() for r in members]
+    splits = evaluated_splits(everything)
+    if not splits:
+        raise ConfigError("the runs hold no evaluated round yet")
+    split = config.split or splits[0]
+    check_split(everything, split)
+    metrics = curve_metrics(everything, split)
+    if config.metric not in metrics:
+        raise ConfigError(f"--metric {config.metric!r} is not recorded on split {split!r}; there are: "
+                          f"{', '.join(metrics)}")
+    baseline = _baseline({k.strategy for k in groups}, config.baseline)
+    notes = []
+    recorded = {key: set(curve_metrics(members, split)) for key, members in groups.items()}
+    curves = {m: [learning_curve(key, members, split, m) for key, members in groups.items() if m in recorded[key]]
+              for m in metrics}
+    comparisons = []
+    for key, members in groups.items():
+        if baseline is None or key.strategy == baseline:
+            continue
+        base = CurveKey(key.backbone, baseline)
+        if base in groups:
+            comparisons.append(compare(key, members, base, groups[base], split, config.metric))
+        else:
+            notes.append(f"no {baseline!r} runs on {key.backbone!r}: {key.strategy!r} there is not compared")
+    if baseline is None:
+        notes.append(f"no baseline: pass --baseline, or add {DEFAULT_BASELINE!r} runs, to get labels-to-reach")
+    for spec in config.groups:
+        check_spec(everything, spec)
+    ups: dict[str, list[Upsampling]] = {}
+    for key, members in groups.items():
+        for spec in config.groups or acquisition_specs(members):
+            ups.setdefault(spec, []).extend(upsampling(key, members, spec))
+    ups = {spec: entries for spec, entries in ups.items() if entries}
+    shown = {spec: most_acquired(entries, config.max_panels) for spec, entries in ups.items()}
+    for spec, entries in ups.items():
+        if len(shown[spec]) < len({u.value for u in entries}):
+            notes.append(f"figures of {spec} show the {len(shown[spec])} values acquired most; the tables have all")
+    cumulative = {spec: [c for key, members in groups.items() if any(u.key == key for u in ups[spec])
+                         for c in cumulative_upsampling(key, members, spec, shown[spec])] for spec in ups}
+    incomplete = [r for r in everything if not r.complete]
+    if incomplete:
+        notes.append(f"{len(incomplete)} run(s) are incomplete and count with the rounds they have, e.g. "
+                     f"{incomplete[0].path.name} ({len(incomplete[0].rounds)}/{incomplete[0].header['n_rounds']} "
+                     "rounds)")
+    return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes)
+
+
+def top_upsampled(analysis: Analysis) -> list[Upsampling]:
+    """Per curve other than the baseline's, the `top` values with the highest mean ratio among
+    those random sampling would be expected to acquire at least once (pool share × acquisitions
+    ≥ 1): rarer values have ratios that one acquisition inflates."""
+    chosen = []
+    for key, members in analysis.runs.items():
+        if key.strategy == analysis.baseline:
+            continue
+        acquired = sum(len(r.acquired()) for r in members) / len(members)
+        candidates = [u for entries in analysis.upsampling.values() for u in entries
+                      if u.key == key and u.pool_share.mean * acquired >= 1]
+        candidates.sort(key=lambda u: (-u.ratio.mean, u.spec, u.value))
+        chosen += candidates[:analysis.config.top]
+    return chosen
+
+
+def most_acquired(entries: Sequence[Upsampling], limit: int) -> list[str]:
+    """The `limit` values of a spec with the largest acquired share under any strategy (what random
+    sampling picks and what AL asks for), most prevalent in the pool first."""
+    acquired: dict[str, float] = {}
+    pool: dict[str, float] = {}
+    for u in entries:
+        acquired[u.value] = max(acquired.get(u.value, 0.0), u.acquired_share.mean)
+        pool[u.value] = max(pool.get(u.value, 0.0), u.pool_share.mean)
+    chosen = sorted(acquired, key=lambda v: (-acquired[v], v))[:limit]
+    return sorted(chosen, key=lambda v: (-pool[v], v))
+
+
+def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callable[[], Path]]], list[str]]:
+    """(file name, caption, draw) of every figure, drawn later so progress can be shown; and notes
+    on what the figures leave out."""
+    from embedcache.analysis import plots
+
+    cap = analysis.config.max_panels
+    figures, notes = [], []
+
+    def add(name: str, caption: str, plot: Callable, *args, **kwargs) -> None:
+        figures.append((name, caption, functools.partial(plot, out / name, *args, **kwargs)))
+
+    overall = [(m.replace("_", " "), analysis.curves[m]) for m in analysis.scalar_metrics]
+    add("curves-overall.png", f"learning curves on {analysis.split}", plots.plot_curves, overall, None)
+    for spec, metrics in analysis.group_metrics().items():
+        if len(metrics) > cap:
+            notes.append(f"curves-{slug(spec)}.png shows {cap} of {len(metrics)} values of {spec}; curves.csv has all")
+        panels = [(m.partition("=")[2], analysis.curves[m]) for m in metrics[:cap]]
+        add(f"curves-{slug(spec)}.png", f"accuracy per {spec} on {analysis.split}", plots.plot_curves, panels,
+            "accuracy")
+    for spec, entries in analysis.upsampling.items():
+        values = analysis.shown[spec]
+        series = []
+        for key in dict.fromkeys(u.key for u in entries):
+            ratio = {u.value: u.ratio for u in entries if u.key == key}
+            means = np.array([ratio[v].mean if v in ratio else np.nan for v in values])
+            half = np.array([ratio[v].half_width if v in ratio and ratio[v].half_width is not None else np.nan
+                             for v in values])
+            series.append((key.label, means, half))
+        add(f"upsampling-{slug(spec)}.png", f"upsampling ratio per {spec}", plots.plot_bars,
+            [plots.BarPanel(f"upsampling ratio per {spec}", values, series, reference=1.0)],
+            "acquired share / pool share")
+        curves = analysis.cumulative.get(spec, [])
+        panels = [(v, [c for c in curves if c.metric == f"{spec}={v}"]) for v in values]
+        add(f"upsampling-rounds-{slug(spec)}.png", f"cumulative upsampling ratio per {spec}", plots.plot_curves,
+            panels, "upsampling ratio so far", reference=1.0)
+    return figures, notes
+
+
+def _group_row(row: dict) -> dict:
+    """A cumulative-upsampling curve row with its "SPEC=VALUE" metric split into group and value."""
+    spec, _, value = row.pop("metric").partition("=")
+    return {"backbone": row.pop("backbone"), "strategy": row.pop("strategy"), "group": spec, "value": value, **row}
+
+
+def _estimate_text(e: dict | None, signed: bool = False) -> str:
+    if e is None or e.get("mean") is None:
+        return "–"
+    mean = f"{e['mean']:+.3f}" if signed else f"{e['mean']:.3f}"
+    if e.get("ci_low") is None:
+        return mean
+    return f"{mean} ± {(e['ci_high'] - e['ci_low']) / 2:.3f}"
+
+
+def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tables: list[str]) -> dict:
+    curves = []
+    for key, members in analysis.runs.items():
+        final: dict = {}
+        for metric in analysis.scalar_metrics:
+            curve = next((c for c in analysis.curves[metric] if c.key == key), None)
+            if curve is not None:
+                final[metric] = {"n_labeled": int(curve.n_labeled[-1]), **curve.point(-1).to_dict()}
+        curves.append({"backbone": key.backbone, "strategy": key.strategy, "seeds": sorted({r.seed for r in members}),
+                       "fingerprints": sorted({r.fingerprint for r in members}),
+                       "final": final})
+    return {
+        "split": analysis.split, "baseline": analysis.baseline, "metric": analysis.config.metric,
+        "runs": [{"record": os.path.relpath(r.path, out), "backbone": r.backbone, "strategy": r.strategy,
+                  "seed": r.seed, "fingerprint": r.fingerprint, "rounds": len(r.rounds), "complete": r.complete}
+                 for members in analysis.runs.values() for r in members],
+        "curves": curves,
+        "comparisons": [c.to_dict() for c in analysis.comparisons],
+        "upsampling": [u.to_dict() for entries in analysis.upsampling.values() for u in entries],
+        "top_upsampled": [u.to_dict() for u in top_upsampled(analysis)],
+        "figures": [{"file": f, "caption": c} for f, c in figures],
+        "tables": tables,
+        "notes": analysis.notes,
+    }
+
+
+def _markdown(summary: dict) -> str:
+    own = [m for m in dict.fromkeys(m for c in summary["curves"] for m in c["final"]) if m not in HEADLINE_METRICS]
+    shown = [m for m in HEADLINE_METRICS if any(m in c["final"] for c in summary["curves"])] + own
+    lines = [f"# Active-learning report: {len(summary['runs'])} runs, split `{summary['split']}`", "",
+             "Means over seeds ± 95 % CI half-width (Gaussian approximation: 1.96 · sd / √seeds).", "",
+             "## Final metrics", "",
+             "| backbone | strategy | seeds | labels | " + " | ".join(m.replace("_", " ") for m in shown) + " |",
+             "|---" * (4 + len(shown)) + "|"]
+    for c in summary["curves"]:
+        labels = next(iter(c["final"].values()))["n_labeled"] if c["final"] else "–"
+        cells = " | ".join(_estimate_text(c["final"].get(m)) for m in shown)
+        lines.append(f"| {c['backbone']} | {c['strategy']} | {len(c['seeds'])} | {labels} | {cells} |")
+    if summary["comparisons"]:
+        metric = summary["metric"].replace("_", " ")
+        lines += ["", f"## Against {summary['baseline']}: labels to reach its final {metric}", "",
+                  "Labels include the seed set; the curve is interpolated linearly between rounds, never "
+                  "extrapolated. Gain: strategy − baseline at the largest number of labels both reached.", "",
+                  "| backbone | strategy | baseline final (labels) | labels to reach | fewer labels | gain (labels) "
+                  "| test | p |", "|---" * 8 + "|"]
+        for c in summary["comparisons"]:
+            reach = "not reached" if c["labels_to_reach"] is None else f"{c['labels_to_reach']:.1f}"
+            ratio = "–" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+            gain = c["gain"] or {}
+            p = "–" if gain.get("p_value") is None else f"{gain['p_value']:.3g}"
+            at = f"{_estimate_text(gain, signed=True)} ({c['compared_at']})" if gain else "–"
+            lines.append(f"| {c['backbone']} | {c['strategy']} | {c['target']:.3f} ({c['baseline_labels']}) | {reach} "
+                         f"| {ratio} | {at} | {gain.get('test', '–')} | {p} |")
+    if summary["top_upsampled"]:
+        lines += ["", "## Most upsampled groups", "",
+                  "Upsampling ratio = share of the acquisitions / share of the pool (1 = as random sampling; "
+                  "the seed set is not counted).", "",
+                  "| backbone | strategy | group | value | pool share | ratio |", "|---" * 6 + "|"]
+        for u in summary["top_upsampled"]:
+            lines.append(f"| {u['backbone']} | {u['strategy']} | {u['group']} | {u['value']} | "
+                         f"{u['pool_share']:.3f} | {_estimate_text(u['ratio'])} |")
+    lines += ["", "## Figures", ""] + [f"- [{f['caption']}]({f['file']})" for f in summary["figures"]]
+    lines += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in summary["tables"]]
+    if summary["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs: Sequence[Run], out_dir: str | Path, config: ReportConfig | None = None,
+                 progress: Progress | None = None) -> dict:
+    """Analyse `runs` and write the report into `out_dir` (see the module docstring); returns the summary."""
+    analysis = analyse(runs, config)
+    out = prepare_out_dir(out_dir, OWNED)
+    figures, notes = _figures(analysis, out)
+    analysis.notes.extend(notes)
+    for done, (_, _, draw) in enumerate(figures, start=1):
+        draw()
+        if progress:
+            progress(done, len(figures))
+    tables = {
+        "curves.csv": [row for curves in analysis.curves.values() for c in curves for row in c.rows()],
+        "comparisons.csv": [_flat(c.to_dict()) for c in analysis.comparisons],
+        "upsampling.csv": [u.row() for entries in analysis.upsampling.values() for u in entries],
+        "upsampling-rounds.csv": [_group_row(row) for curves in analysis.cumulative.values() for c in curves
+                                  for row in c.rows()],
+    }
+    written = []
+    for name, rows in tables.items():
+        if rows:
+            write_csv(out / name, rows)
+            written.append(name)
+    summary = _summary(analysis, out, [(f, c) for f, c, _ in figures], written)
+    (out / "summary.md").write_text(_markdown(summary), encoding="utf-8")
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}_"))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
