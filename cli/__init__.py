@@ -32,6 +32,7 @@ from embedcache.cli.cache_commands import extract, info, merge  # noqa: E402
 from embedcache.cli.dataset_commands import datasets  # noqa: E402
 from embedcache.cli.al_command import al  # noqa: E402
 from embedcache.cli.analysis_commands import report, separability, tsne  # noqa: E402
+from embedcache.cli.demo_command import demo  # noqa: E402
 
-for command in (extract, merge, info, datasets, al, report, separability, tsne):
+for command in (demo, extract, merge, info, datasets, al, report, separability, tsne):
     main.add_command(command)

