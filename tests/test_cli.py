@@ -48,3 +48,13 @@ def test_info_text_and_json(tmp_path):
 def test_errors_are_one_line_without_traceback(tmp_path):
     result = CliRunner().invoke(main, ["info", str(tmp_path / "missing.h5")])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "no such cache file" in result.output
+
+
+def test_readme_cli_reference_is_up_to_date():
+    from pathlib import Path
+
+    from embedcache.cli.reference import END, START, render
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert block == render().strip(), "run `python -m embedcache.cli.reference README.md`"
