@@ -27,7 +27,8 @@ def main() -> None:
     experiments on them, and see why AL helps."""
 
 
-from embedcache.cli import cache_commands  # noqa: E402
+from embedcache.cli import cache_commands, neighbors_commands  # noqa: E402
 
 for command in (cache_commands.extract, cache_commands.merge, cache_commands.info):
     main.add_command(command)
+main.add_command(neighbors_commands.neighbors)

@@ -1,0 +1,1 @@
+"""Analysis of run records and embedding spaces: why active learning helps."""
