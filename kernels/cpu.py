@@ -166,21 +166,23 @@ def score_topk(pool: Pool, head: LinearHead, strategy: str, k: int, rows: np.nda
                exclude: np.ndarray | None, seed: int, chunk_rows: int, threads: int,
                progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
     """The CPU scorer: exact scores for every candidate row, running top-k across chunks."""
+    floor = [-np.inf]  # the k-th best score merged so far: a row below it cannot make the top-k
 
     def best_of_chunk(index, block):
         scores = chunk_scores(head, block, strategy)
-        if exclude is not None:
-            keep = ~exclude[index]
-            index, scores = index[keep], scores[keep]
+        keep = np.ones(len(index), dtype=bool) if exclude is None else ~exclude[index]
         finite = np.isfinite(scores)
-        if not finite.all():
-            raise non_finite(index[~finite])
-        return top_k(scores, index, k, seed)
+        if not finite[keep].all():
+            raise non_finite(index[keep & ~finite])
+        keep &= scores >= floor[0]
+        return top_k(scores[keep], index[keep], k, seed)
 
     best_rows, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
     for chunk_rows_, chunk_scores_ in map_chunks(pool, rows, chunk_rows, best_of_chunk, threads, progress):
         best_rows, best_scores = top_k(np.concatenate([best_scores, chunk_scores_]),
                                        np.concatenate([best_rows, chunk_rows_]), k, seed)
+        if len(best_rows) == k:
+            floor[0] = best_scores[-1]
     return best_rows, best_scores
 
 
