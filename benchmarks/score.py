@@ -26,13 +26,16 @@ from embedcache.kernels.pool import cuda_status
 
 
 def cpu_model() -> str:
+    """The CPU's name (with family/model numbers, which a VM's masked name may need)."""
+    info = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    avx512 = ", AVX-512" if "avx512f" in info.get("flags", "").split() else ""
+    return f"{info.get('model name', platform.machine())} (family {info.get('cpu family')}, model {info.get('model')}{avx512})"
 
 
 def versions(*names: str) -> str:

@@ -72,12 +72,7 @@ class Pool:
             return
         for start in range(0, len(rows), chunk_rows):
             part = rows[start:start + chunk_rows]
-            if _is_cupy(x):
-                import cupy
-
-                yield part, x[cupy.asarray(part)]
-            else:
-                yield part, x[part]
+            yield part, x[to_gpu(part) if _is_cupy(x) else part]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The given rows as a host array, in the order given."""
