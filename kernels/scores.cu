@@ -10,6 +10,7 @@
 
 #define WARPS_PER_BLOCK 8
 #define FULL_MASK 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)  // -inf without <math.h>, which NVRTC lacks
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 
@@ -39,11 +40,11 @@ __device__ __forceinline__ int warp_sum(int v) {
 // e_c = exp(z_c - m), s = sum(e_c); margin uses p1 - p2 = (1 - exp(z_2 - m)) / s.
 __device__ float warp_score(const float* z, const float* bias, int C, int strategy) {
     const int lane = threadIdx.x & 31;
-    float m = -INFINITY;
+    float m = NEG_INF;
     for (int c = lane; c < C; c += 32) m = fmaxf(m, z[c] + (bias ? bias[c] : 0.f));
     m = warp_max(m);
     if (strategy == 3) return -m;
-    float s = 0.f, t = 0.f, second = -INFINITY;
+    float s = 0.f, t = 0.f, second = NEG_INF;
     int tops = 0;
     for (int c = lane; c < C; c += 32) {
         const float zc = z[c] + (bias ? bias[c] : 0.f);
@@ -94,7 +95,7 @@ __global__ void fused_scores(const T* __restrict__ x, long long n, int d, const 
         __syncwarp();
         const float s = warp_score(logits[warp], nullptr, C, strategy);
         if (lane == 0) {
-            score[row] = (excluded != nullptr && excluded[row]) ? -INFINITY : s;
+            score[row] = (excluded != nullptr && excluded[row]) ? NEG_INF : s;
             norm[row] = sqrtf(sq);
         }
         __syncwarp();
@@ -108,7 +109,7 @@ extern "C" __global__ void logit_scores(const float* __restrict__ z, long long n
     const long long stride = (long long)gridDim.x * WARPS_PER_BLOCK;
     for (long long row = (long long)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5); row < n; row += stride) {
         const float s = warp_score(z + row * C, b, C, strategy);
-        if (lane == 0) score[row] = (excluded != nullptr && excluded[row]) ? -INFINITY : s;
+        if (lane == 0) score[row] = (excluded != nullptr && excluded[row]) ? NEG_INF : s;
     }
 }
 

@@ -3,8 +3,13 @@ threads, input kind or backend; clear errors on bad input. GPU tests skip withou
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import glob
 import shutil
 import subprocess
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,6 +248,56 @@ def test_cuda_source_compiles(tmp_path):
     assert result.returncode == 0, result.stderr
     ptx = (tmp_path / "scores.ptx").read_text()
     assert ptx.count(".entry") == 11 and "logit_scores" in ptx
+
+
+def load_nvrtc():
+    """libnvrtc, the run-time compiler CuPy uses (from the nvidia-cuda-nvrtc wheel or the system), or None."""
+    try:
+        import nvidia
+
+        found = sorted(f for base in nvidia.__path__ for f in glob.glob(f"{base}/*/lib/libnvrtc.so*") if ".alt." not in f)
+    except ImportError:
+        found = []
+    found += [ctypes.util.find_library("nvrtc")] if ctypes.util.find_library("nvrtc") else []
+    for path in found:
+        for builtins in glob.glob(str(Path(path).parent / "libnvrtc-builtins.so*")):
+            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def test_cuda_source_compiles_with_nvrtc_as_cupy_does():
+    """What cuda.py asks CuPy's RawModule for: scores.cu with --std=c++14 and the kernels by name."""
+    from embedcache.kernels.cuda import SOURCE
+
+    nvrtc = load_nvrtc()
+    if nvrtc is None:
+        pytest.skip("libnvrtc not found")
+    program = ctypes.c_void_p()
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), SOURCE.read_bytes(), b"scores.cu", 0, None, None) == 0
+    names = [f"fused_scores<{t}, {c}>" for t in ("float", "unsigned short") for c in (1, 2, 32)]
+    names += ["row_norms<float>", "row_norms<unsigned short>"]
+    for name in names:
+        assert nvrtc.nvrtcAddNameExpression(program, name.encode()) == 0
+    options = (ctypes.c_char_p * 2)(b"--std=c++14", b"-arch=compute_80")
+    status = nvrtc.nvrtcCompileProgram(program, 2, options)
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(program, log)
+    assert status == 0, log.value.decode()
+    nvrtc.nvrtcGetPTXSize(program, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetPTX(program, ptx)
+    for name in names:
+        lowered = ctypes.c_char_p()
+        assert nvrtc.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(lowered)) == 0
+        assert f".entry {lowered.value.decode()}" in ptx.value.decode()
+    assert ".entry logit_scores" in ptx.value.decode()
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
 
 
 # ---------------------------------------------------------------------- GPU (skipped without CuPy and a GPU)
