@@ -135,10 +135,12 @@ class NeighborIndex:
         norms = np.empty(n, dtype=np.float32)
         done = 0
         for _, block in pool.chunks(rows, block_rows(pool.dim, options)):
-            block = np.asarray(to_host(block), dtype=np.float32)
-            norms[done:done + len(block)] = np.linalg.norm(block, axis=1)
-            index.add(prepare(block, options.metric))
-            done += len(block)
+            vectors = prepare(to_host(block), "l2")  # a float32 copy, normalised below for cosine
+            norms[done:done + len(vectors)] = np.linalg.norm(vectors, axis=1)
+            if options.metric == "cosine":
+                faiss.normalize_L2(vectors)
+            index.add(vectors)
+            done += len(vectors)
             if progress is not None:
                 progress(done, 2 * n)
         return cls(index, rows, pool.n_rows, options.metric, norms)
