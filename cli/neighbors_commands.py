@@ -29,11 +29,12 @@ from embedcache.cli.options import progress_bar
               help="Rows whose cosine similarity is at least this are reported as near duplicates.")
 @click.option("--duplicate-neighbors", default=32, show_default=True,
               help="Nearest rows of each row checked for duplicates.")
-@click.option("--gpu", is_flag=True, help="Search on the GPU (needs faiss-gpu).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where FAISS searches: auto uses the GPU when faiss-gpu is installed and sees one.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the IVF training sample and the random baseline.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def neighbors(cache, runs, k, out, metric, splits, ivf_nlist, nprobe, duplicate_threshold, duplicate_neighbors,
-              gpu, seed, quiet):
+              device, seed, quiet):
     """Neighbour diagnostics: kNN label agreement overall and per group, near duplicates within and
     across splits, where acquired points sit, and the kNN graph as a SciPy CSR matrix. Example:
 
@@ -45,7 +46,7 @@ def neighbors(cache, runs, k, out, metric, splits, ivf_nlist, nprobe, duplicate_
 
     options = NeighborOptions(k=k, metric=metric, splits=tuple(splits), ivf_nlist=ivf_nlist, nprobe=nprobe,
                               duplicate_threshold=duplicate_threshold, duplicate_neighbors=duplicate_neighbors,
-                              gpu=gpu, seed=seed)
+                              device=device, seed=seed)
     options.validate()
     records = read_runs(runs) if runs else ()
     with EmbeddingCache(cache) as c, progress_bar("neighbors", "row", enabled=not quiet) as progress:

@@ -201,6 +201,7 @@ def test_runs_of_another_cache_are_refused(tmp_path):
         (dict(ivf_nlist=1000), "use at most one list per row"),
         (dict(splits=("test",)), "unknown split 'test'"),
         (dict(duplicate_threshold=2.0), "duplicate threshold"),
+        (dict(device="tpu"), "unknown device 'tpu'"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path, options, message):
@@ -227,13 +228,20 @@ def test_neighbors_command(tmp_path):
     assert bad.exit_code == 1 and "Error: --ivf NLIST must be a positive number" in bad.output
 
 
+@pytest.mark.skipif(hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0, reason="a GPU is present")
+def test_gpu_search_without_faiss_gpu_says_why(tmp_path):
+    with pytest.raises(ConfigError, match="device 'gpu' needs faiss-gpu"):
+        graph_of(np.eye(4, dtype=np.float32), k=1, device="gpu")
+    assert graph_of(np.eye(4, dtype=np.float32), k=1, device="auto")[0].neighbors.shape == (4, 1)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1,
                     reason="needs faiss-gpu and a CUDA GPU")
 def test_faiss_gpu_equals_cpu():
     X = np.random.default_rng(6).standard_normal((2000, 64)).astype(np.float32)
     for metric in ("cosine", "l2"):
-        cpu, _ = graph_of(X, k=8, metric=metric)
-        gpu, _ = graph_of(X, k=8, metric=metric, gpu=True)
+        cpu, _ = graph_of(X, k=8, metric=metric, device="cpu")
+        gpu, _ = graph_of(X, k=8, metric=metric, device="gpu")
         assert [set(r) for r in gpu.neighbors.tolist()] == [set(r) for r in cpu.neighbors.tolist()]
         np.testing.assert_allclose(gpu.distances, cpu.distances, rtol=1e-3, atol=1e-4)

@@ -15,7 +15,7 @@ The index holds the rows of the chosen splits (default: all) and is built block 
 cache: blocks are added, then searched, so the embeddings sit in memory once (inside the index).
 Exact search uses IndexFlatIP on L2-normalised vectors (metric "cosine", distance 1 - cos) or
 IndexFlatL2 (metric "l2", Euclidean distance); `ivf_nlist` swaps in IndexIVFFlat for very large
-caches, and `gpu` a faiss-gpu index. Near duplicates are looked for among each row's
+caches, and a faiss-gpu index is used when faiss-gpu sees a GPU (`device`). Near duplicates are looked for among each row's
 `duplicate_neighbors` nearest rows, found in the same search as the graph.
 """
 
@@ -35,6 +35,7 @@ from embedcache.kernels.pool import Pool, as_pool, to_host
 from embedcache.metadata import LABEL, Metadata
 
 METRICS = ("cosine", "l2")
+DEVICES = ("auto", "cpu", "gpu")
 _BLOCK_BYTES = 1 << 26
 _EXAMPLES = 20
 
@@ -54,7 +55,8 @@ class NeighborOptions:
     duplicate_threshold: float = 0.99
     #: How many nearest rows of each row are checked for duplicates.
     duplicate_neighbors: int = 32
-    gpu: bool = False
+    #: "auto" (a faiss-gpu index when faiss-gpu sees a GPU), "cpu" or "gpu".
+    device: str = "auto"
     block_rows: int | None = None
     seed: int = 0
 
@@ -67,6 +69,8 @@ class NeighborOptions:
             raise ConfigError(f"unknown metric {self.metric!r}; choose one of {list(METRICS)}")
         if self.ivf_nlist is not None and self.ivf_nlist < 1:
             raise ConfigError(f"--ivf NLIST must be a positive number of lists, got {self.ivf_nlist}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {list(DEVICES)}")
         if not -1.0 <= self.duplicate_threshold <= 1.0:
             raise ConfigError(f"duplicate threshold is a cosine similarity in [-1, 1], got {self.duplicate_threshold}")
 
@@ -126,9 +130,7 @@ class NeighborIndex:
             sample = np.random.default_rng(options.seed).choice(n, min(n, 256 * options.ivf_nlist), replace=False)
             index.train(prepare(pool.take(np.sort(rows[sample])), options.metric))
             index.nprobe = options.nprobe
-        if options.gpu:
-            if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
-                raise ConfigError("--gpu needs faiss-gpu (pip install faiss-gpu-cu12) and a CUDA GPU")
+        if use_gpu(options.device):
             resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(resources, 0, index)
             index.referenced_objects = [resources]
@@ -172,6 +174,15 @@ class NeighborIndex:
         is_self = ids == self.position[rows][:, None]
         order = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # not-self first, nearest first
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(distances, order, axis=1)
+
+
+def use_gpu(device: str) -> bool:
+    """Whether to search on the GPU: "gpu" insists (ConfigError without faiss-gpu and a GPU), "auto" asks."""
+    faiss = _faiss()
+    available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if device == "gpu" and not available:
+        raise ConfigError("device 'gpu' needs faiss-gpu (pip install faiss-gpu-cu12) and a CUDA GPU")
+    return available and device != "cpu"
 
 
 def block_rows(dim: int, options: NeighborOptions) -> int:
@@ -408,7 +419,7 @@ def analyze(cache, options: NeighborOptions, runs: Sequence = (),
         "k": int(graph.neighbors.shape[1]),
         "index": ("IndexFlatIP" if options.metric == "cosine" else "IndexFlatL2") if options.ivf_nlist is None
         else f"IndexIVFFlat(nlist={options.ivf_nlist}, nprobe={options.nprobe})",
-        "gpu": options.gpu,
+        "gpu": use_gpu(options.device),
         "splits": list(options.splits) or list(meta.split_names),
         "label_agreement": label_agreement(graph.neighbors, meta.label[rows], columns),
         "duplicates": duplicate_summary(table, found, options),
