@@ -35,7 +35,7 @@ STRATEGIES = (*UNCERTAINTY_SCORES, "max-logit")
 
 #: Bytes of X per BLAS call (a block stays in L2) and per chunk handed to a thread.
 _BLOCK_BYTES = 1 << 18
-_CHUNK_BYTES = 1 << 23
+_CHUNK_BYTES = 1 << 25
 
 
 def blas_rows(dim: int) -> int:
