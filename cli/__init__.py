@@ -27,12 +27,13 @@ def main() -> None:
     experiments on them, and see why AL helps."""
 
 
-# One import and one add_command per command module, so adding a command touches two lines.
-from embedcache.cli.cache_commands import extract, info, merge  # noqa: E402
-from embedcache.cli.dataset_commands import datasets  # noqa: E402
+# One import and one entry in the tuple per command module.
 from embedcache.cli.al_command import al  # noqa: E402
 from embedcache.cli.analysis_commands import report, separability, tsne  # noqa: E402
+from embedcache.cli.cache_commands import extract, info, merge  # noqa: E402
+from embedcache.cli.dataset_commands import datasets  # noqa: E402
 from embedcache.cli.demo_command import demo  # noqa: E402
+from embedcache.cli.neighbors_commands import neighbors  # noqa: E402
 
-for command in (demo, extract, merge, info, datasets, al, report, separability, tsne):
+for command in (demo, extract, merge, info, datasets, al, report, separability, tsne, neighbors):
     main.add_command(command)

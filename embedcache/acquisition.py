@@ -53,6 +53,17 @@ def top_k(scores: np.ndarray, rows: np.ndarray, k: int, seed: int) -> tuple[np.n
 
 
 # ---------------------------------------------------------------------- score formulas on probabilities
+# Each formula gives a row the same bits whatever the array's layout (C or F order) and however many
+# rows are scored together: sums run over the classes left to right, and the other steps are exact
+# (max, comparisons) or element-wise. The fused scorer in `embedcache.kernels` relies on this.
+def row_sum(values: np.ndarray) -> np.ndarray:
+    """Σ over the columns of each row, added left to right."""
+    total = values[:, 0].copy()
+    for c in range(1, values.shape[1]):
+        total += values[:, c]
+    return total
+
+
 def least_confidence(proba: np.ndarray) -> np.ndarray:
     """1 - max_c p_c."""
     return 1.0 - proba.max(axis=1)
@@ -62,15 +73,18 @@ def entropy(proba: np.ndarray) -> np.ndarray:
     """-Σ_c p_c log p_c, with 0 log 0 = 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = proba * np.log(proba)
-    return -np.where(proba > 0, terms, 0.0).sum(axis=1)
+    return -row_sum(np.where(proba > 0, terms, 0.0))
 
 
 def margin(proba: np.ndarray) -> np.ndarray:
     """-(p_(1) - p_(2)): a small gap between the two most likely classes scores high."""
     if proba.shape[1] < 2:
         return np.zeros(len(proba), dtype=proba.dtype)
-    top2 = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
-    return -(top2[:, 1] - top2[:, 0])
+    top = proba.max(axis=1)
+    is_top = proba == top[:, None]
+    second = np.where(is_top, -np.inf, proba).max(axis=1)
+    second = np.where(is_top.sum(axis=1) > 1, top, second)  # the top value twice: p_(2) = p_(1)
+    return -(top - second)
 
 
 UNCERTAINTY_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {

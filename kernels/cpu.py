@@ -1,0 +1,208 @@
+"""The CPU path, and the arithmetic that defines every backend's scores.
+
+A row's score must not depend on which chunk, thread or backend computed it, or the top-k would
+change with the chunk size. BLAS does not promise that: OpenBLAS sums a dot product in a different
+order for a 7-row matrix than for a 1000-row one. So logits are computed in float32 by BLAS calls
+of one fixed shape, `blas_rows(D)` rows × D @ D × C (the last block zero-padded), each on a single
+BLAS thread; the chunk's rows are then processed class-major ([C, m]) with element-wise numpy, and
+scored by the formulas of `embedcache.acquisition`, which give a row the same bits however many rows
+are scored with it. The tests check this (chunk sizes, threads, subsets, predict_proba).
+
+Chunks are scored in parallel on a thread pool (numpy and BLAS release the GIL), each chunk keeps
+its own top-k, and the main thread merges them with `acquisition.top_k`: memory stays bounded by
+(threads + 1) chunks whatever N is.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from embedcache.acquisition import UNCERTAINTY_SCORES, row_sum, top_k
+from embedcache.errors import ConfigError
+from embedcache.kernels.pool import Pool, to_host
+
+#: Strategies the scorer knows: the probability formulas of `embedcache.acquisition`, and max-logit
+#: (score -max_c logit_c: a low top logit is uncertain), which reads the logits.
+STRATEGIES = (*UNCERTAINTY_SCORES, "max-logit")
+
+#: Bytes of X per BLAS call (a block stays in L2) and per chunk handed to a thread.
+_BLOCK_BYTES = 1 << 18
+_CHUNK_BYTES = 1 << 25
+
+
+def blas_rows(dim: int) -> int:
+    """Rows per BLAS call: a function of the width only, so a row's logits never depend on its chunk."""
+    return int(min(1024, max(64, (_BLOCK_BYTES // (4 * dim)) // 32 * 32)))
+
+
+def default_chunk_rows(dim: int, itemsize: int) -> int:
+    block = blas_rows(dim)
+    return max(block, (_CHUNK_BYTES // (dim * itemsize)) // block * block)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _host(a: Any, name: str) -> np.ndarray:
+    try:
+        return np.asarray(to_host(a), dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name} must be a float array ({e})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearHead:
+    """A linear classifier `x @ weight + bias` in the form the kernels use: float32, C-contiguous."""
+
+    weight: np.ndarray  # [D, C]
+    bias: np.ndarray  # [C]
+
+    @classmethod
+    def from_arrays(cls, W: Any, b: Any, dim: int) -> "LinearHead":
+        """Check W [D, C] and b [C] against the pool's width D; errors name the argument at fault."""
+        W, b = _host(W, "W"), _host(b, "b")
+        if W.ndim != 2 or W.shape[0] != dim or W.shape[1] < 1:
+            raise ConfigError(f"W must have shape [D, C] with D = {dim} (the width of X); got {W.shape}")
+        if b.shape != (W.shape[1],):
+            raise ConfigError(f"b must have shape ({W.shape[1]},) to match the {W.shape[1]} columns of W; got {b.shape}")
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise ConfigError("W and b must be finite (they hold NaN or inf)")
+        return cls(np.ascontiguousarray(W), np.ascontiguousarray(b))
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[1]
+
+    def logits_t(self, x: np.ndarray) -> np.ndarray:
+        """Class-major float32 logits [C, m] of the rows of x [m, D] (any float dtype)."""
+        block = blas_rows(self.weight.shape[0])
+        m, d = x.shape
+        full = m // block * block
+        out = np.empty((-(-m // block), block, self.num_classes), dtype=np.float32)
+        if full:
+            head = x[:full]
+            if head.dtype != np.float32 or not head.flags.c_contiguous:
+                head = np.ascontiguousarray(head, dtype=np.float32)
+            np.matmul(head.reshape(-1, block, d), self.weight, out=out[:full // block])
+        if full < m:
+            tail = np.zeros((1, block, d), dtype=np.float32)
+            tail[0, :m - full] = x[full:]
+            np.matmul(tail, self.weight, out=out[full // block:])
+        logits = np.ascontiguousarray(out.reshape(-1, self.num_classes)[:m].T)
+        logits += self.bias[:, None]
+        return logits
+
+
+def softmax_t_(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the classes of class-major logits [C, m], in place (max-shifted, float32)."""
+    logits -= np.maximum.reduce(logits, axis=0)
+    np.exp(logits, out=logits)
+    logits /= row_sum(logits.T)
+    return logits
+
+
+def chunk_scores(head: LinearHead, x: np.ndarray, strategy: str) -> np.ndarray:
+    """float32 scores of the rows of x, higher = acquire first (the definition every backend matches)."""
+    logits = head.logits_t(x)
+    if strategy == "max-logit":
+        return -np.maximum.reduce(logits, axis=0)
+    return UNCERTAINTY_SCORES[strategy](softmax_t_(logits).T)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """One BLAS thread per call (process-wide while inside): fixed arithmetic, and no oversubscription."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        yield
+
+
+def map_chunks(pool: Pool, rows: np.ndarray | None, chunk_rows: int, fn: Callable, threads: int,
+               progress: Callable[[int, int], None] | None = None) -> Iterator:
+    """fn(rows, block) for every chunk, on `threads` threads, results in chunk order; at most
+    threads + 1 chunks are in memory at once."""
+    total = pool.n_rows if rows is None else len(rows)
+    done = 0
+    with single_threaded_blas(), ThreadPoolExecutor(max_workers=threads) as executor:
+        pending: collections.deque = collections.deque()
+        for index, block in pool.chunks(rows, chunk_rows):
+            pending.append((len(index), executor.submit(fn, index, to_host(block))))
+            while len(pending) > threads or (pending and pending[0][1].done()):
+                count, future = pending.popleft()
+                yield future.result()
+                done += count
+                if progress is not None:
+                    progress(done, total)
+        while pending:
+            count, future = pending.popleft()
+            yield future.result()
+            done += count
+            if progress is not None:
+                progress(done, total)
+
+
+def non_finite(rows: np.ndarray) -> ConfigError:
+    """The error for rows whose score is NaN or inf."""
+    return ConfigError(f"{len(rows)} row(s) score NaN/inf, e.g. rows {rows[:5].tolist()}: X holds NaN or inf "
+                       "values (check a cache with `embedcache info --check`) or the logits overflow")
+
+
+def score_topk(pool: Pool, head: LinearHead, strategy: str, k: int, rows: np.ndarray | None,
+               exclude: np.ndarray | None, seed: int, chunk_rows: int, threads: int,
+               progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU scorer: exact scores for every candidate row, running top-k across chunks."""
+    floor = [-np.inf]  # the k-th best score merged so far: a row below it cannot make the top-k
+
+    def best_of_chunk(index, block):
+        scores = chunk_scores(head, block, strategy)
+        keep = np.ones(len(index), dtype=bool) if exclude is None else ~exclude[index]
+        finite = np.isfinite(scores)
+        if not finite[keep].all():
+            raise non_finite(index[keep & ~finite])
+        keep &= scores >= floor[0]
+        return top_k(scores[keep], index[keep], k, seed)
+
+    best_rows, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+    for chunk_rows_, chunk_scores_ in map_chunks(pool, rows, chunk_rows, best_of_chunk, threads, progress):
+        best_rows, best_scores = top_k(np.concatenate([best_scores, chunk_scores_]),
+                                       np.concatenate([best_rows, chunk_rows_]), k, seed)
+        if len(best_rows) == k:
+            floor[0] = best_scores[-1]
+    return best_rows, best_scores
+
+
+def predict(pool: Pool, head: LinearHead, rows: np.ndarray | None, chunk_rows: int, threads: int,
+            proba: bool) -> np.ndarray:
+    """Logits or probabilities [n, C] of `rows` (in the order given), with the scorer's arithmetic.
+
+    The result is a column-major view of the class-major array the scorer works on.
+    """
+    n = pool.n_rows if rows is None else len(rows)
+    out = np.empty((head.num_classes, n), dtype=np.float32)
+    order = None if rows is None else np.argsort(rows, kind="stable")
+
+    def compute(index, block):
+        logits = head.logits_t(block)
+        return softmax_t_(logits) if proba else logits
+
+    start = 0
+    for values in map_chunks(pool, None if rows is None else rows[order], chunk_rows, compute, threads):
+        stop = start + values.shape[1]
+        out[:, slice(start, stop) if order is None else order[start:stop]] = values
+        start = stop
+    return out.T

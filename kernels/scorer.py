@@ -1,0 +1,109 @@
+"""`score_topk` and `predict_proba`: one entry point that picks the backend from where the data lives.
+
+CuPy arrays and torch CUDA tensors are scored on the GPU (when CuPy sees a device), numpy arrays,
+torch CPU tensors and caches on the CPU unless backend="cuda" asks for the GPU. Both backends
+return the same indices and the same scores (see `embedcache.kernels.cuda`).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import numpy as np
+
+from embedcache.errors import ConfigError
+from embedcache.kernels import cpu
+from embedcache.kernels.pool import Pool, as_pool, check_exclude, check_rows, cuda_status
+
+BACKENDS = ("auto", "cpu", "cuda")
+
+
+def resolve_backend(backend: str, pool: Pool) -> str:
+    """"cpu" or "cuda" for `backend` and the pool's location; ConfigError if the GPU is asked for but absent."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if backend == "cpu":
+        return "cpu"
+    cupy, why = cuda_status()
+    if backend == "cuda" and cupy is None:
+        raise ConfigError(f"backend='cuda' needs CuPy and a CUDA GPU: {why}")
+    return "cuda" if cupy is not None and (backend == "cuda" or pool.location == "gpu") else "cpu"
+
+
+def _positive(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def score_topk(
+    X: Any,
+    W: Any,
+    b: Any,
+    strategy: str,
+    k: int,
+    *,
+    rows: Any = None,
+    exclude: Any = None,
+    seed: int = 0,
+    chunk_rows: int | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k rows of X whose linear-head predictions are most uncertain, best first.
+
+    X [N, D] (float16/float32; numpy, torch, CuPy, or an `EmbeddingCache`, streamed in chunks),
+    W [D, C], b [C]; `strategy` one of `STRATEGIES`; `rows` the candidate row indices (default:
+    all); `exclude` a boolean mask [N] of rows never to pick. Ties are ordered by
+    `acquisition.tie_priority(row, seed)`. Returns (row indices into X as int64, float32 scores),
+    exactly `top_k(score(predict_proba(X, W, b, rows)), rows, k, seed)` for every backend and chunk
+    size. `threads` (CPU, default: all cores) and `chunk_rows` tune speed and memory only.
+    """
+    if strategy not in cpu.STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; the scorer knows {list(cpu.STRATEGIES)}")
+    k = _positive(k, "k")
+    if k is None:
+        raise ConfigError("k must be a positive integer, got None")
+    chunk_rows = _positive(chunk_rows, "chunk_rows")
+    threads = _positive(threads, "threads") or cpu.default_threads()
+    pool = as_pool(X)
+    head = cpu.LinearHead.from_arrays(W, b, pool.dim)
+    rows = check_rows(rows, pool.n_rows)
+    exclude = check_exclude(exclude, pool.n_rows)
+    if rows is not None:
+        rows = np.sort(rows if exclude is None else rows[~exclude[rows]])  # order is irrelevant to a top-k
+        exclude = None
+    if resolve_backend(backend, pool) == "cuda":
+        from embedcache.kernels import cuda
+
+        return cuda.score_topk(pool, head, strategy, k, rows, exclude, int(seed), chunk_rows, progress)
+    chunk_rows = chunk_rows or cpu.default_chunk_rows(pool.dim, pool.dtype.itemsize)
+    return cpu.score_topk(pool, head, strategy, k, rows, exclude, int(seed), chunk_rows, threads, progress)
+
+
+def _predict(X, W, b, rows, chunk_rows, threads, proba: bool) -> np.ndarray:
+    pool = as_pool(X)
+    head = cpu.LinearHead.from_arrays(W, b, pool.dim)
+    chunk_rows = _positive(chunk_rows, "chunk_rows") or cpu.default_chunk_rows(pool.dim, pool.dtype.itemsize)
+    threads = _positive(threads, "threads") or cpu.default_threads()
+    return cpu.predict(pool, head, check_rows(rows, pool.n_rows), chunk_rows, threads, proba)
+
+
+def predict_proba(X: Any, W: Any, b: Any, rows: Any = None, chunk_rows: int | None = None,
+                  threads: int | None = None) -> np.ndarray:
+    """Class probabilities softmax(X[rows] @ W + b), float32 [n, C], rows in the order given.
+
+    The scorer's own arithmetic (on the CPU, whatever the input), so the acquisition formulas on
+    this output reproduce `score_topk`'s scores bit for bit. The array is column-major.
+    """
+    return _predict(X, W, b, rows, chunk_rows, threads, proba=True)
+
+
+def predict_logits(X: Any, W: Any, b: Any, rows: Any = None, chunk_rows: int | None = None,
+                   threads: int | None = None) -> np.ndarray:
+    """Logits X[rows] @ W + b, float32 [n, C], with the arithmetic of `predict_proba`."""
+    return _predict(X, W, b, rows, chunk_rows, threads, proba=False)

@@ -1,0 +1,357 @@
+"""The fused scorer: equal to a plain numpy reference and to the unfused path, whatever the chunking,
+threads, input kind or backend; clear errors on bad input. GPU tests skip without CuPy and a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import shutil
+import subprocess
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedcache.acquisition import UNCERTAINTY_SCORES, entropy, least_confidence, margin, tie_priority, top_k
+from embedcache.cache import EmbeddingCache
+from embedcache.errors import ConfigError
+from embedcache.kernels import STRATEGIES, predict_logits, predict_proba, score_topk
+from embedcache.kernels.pool import cuda_status
+from helpers import make_metadata, recipe
+
+CLASSES = (2, 5, 182)
+
+
+def make_problem(n=600, d=24, c=5, dtype=np.float32, seed=0):
+    """Random pool with planted ties: rows 40..59 repeat rows 0..19, and rows 60..69 are so far out
+    that their probabilities saturate (least-confidence exactly 0, margin exactly -1)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    X[40:60] = X[0:20]
+    W = (rng.standard_normal((d, c)) / np.sqrt(d)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(c)).astype(np.float32)
+    X[60:70] = 60 * W[:, 0] / np.linalg.norm(W[:, 0]) ** 2  # logit of class 0 about 60 above the rest
+    return X.astype(dtype), W, b
+
+
+def plain_reference(X, W, b, strategy, k, rows, seed):
+    """softmax(X[rows] @ W + b) in float32, the formula, then a full sort by (-score, tie priority)."""
+    logits = np.einsum("nd,dc->nc", X[rows].astype(np.float32), W) + b
+    if strategy == "max-logit":
+        scores = -logits.max(axis=1)
+    else:
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        scores = UNCERTAINTY_SCORES[strategy](e / e.sum(axis=1, keepdims=True))
+    order = np.lexsort((tie_priority(rows, seed), -scores))[:k]
+    return rows[order], scores[order]
+
+
+def unfused(X, W, b, strategy, k, rows, seed, **kw):
+    """The unfused acquisition path: probabilities from predict_proba, the formula, top_k."""
+    if strategy == "max-logit":
+        scores = -predict_logits(X, W, b, rows=rows, **kw).max(axis=1)
+    else:
+        scores = UNCERTAINTY_SCORES[strategy](predict_proba(X, W, b, rows=rows, **kw))
+    return top_k(scores, np.asarray(rows), k, seed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("c", CLASSES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cpu_scorer_equals_plain_numpy_reference(strategy, c, dtype):
+    X, W, b = make_problem(c=c, dtype=dtype, seed=c)
+    exclude = np.zeros(len(X), dtype=bool)
+    exclude[[0, 3, 44, 100, 101]] = True  # 0 is duplicated by 40, 44 duplicates 4
+    candidates = np.flatnonzero(~exclude)
+    k = len(candidates)  # the full order, planted ties included
+    got_rows, got_scores = score_topk(X, W, b, strategy, k, exclude=exclude, seed=7, chunk_rows=128)
+    ref_rows, ref_scores = plain_reference(X, W, b, strategy, k, candidates, seed=7)
+    np.testing.assert_array_equal(got_rows, ref_rows)
+    np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5, atol=1e-6)
+    assert got_rows.dtype == np.int64 and got_scores.dtype == np.float32
+    assert not exclude[got_rows].any()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_planted_ties_are_ordered_by_priority(strategy):
+    X, W, b = make_problem(c=5)
+    rows = np.arange(0, 60)
+    got_rows, got_scores = score_topk(X, W, b, strategy, 60, rows=rows, seed=11)
+    for dup in range(20):  # each duplicated pair has one score, and the lower tie priority comes first
+        i, j = np.flatnonzero(got_rows == dup)[0], np.flatnonzero(got_rows == dup + 40)[0]
+        assert got_scores[i] == got_scores[j]
+        first = dup if tie_priority(np.array([dup]), 11)[0] < tie_priority(np.array([dup + 40]), 11)[0] else dup + 40
+        assert got_rows[min(i, j)] == first
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("c", CLASSES)
+def test_fused_equals_unfused_bit_for_bit(strategy, c):
+    X, W, b = make_problem(n=900, c=c, dtype=np.float16, seed=1)
+    rng = np.random.default_rng(2)
+    rows = rng.choice(len(X), 700, replace=False)
+    rows = np.union1d(rows, np.arange(70))  # keep the planted ties
+    got = score_topk(X, W, b, strategy, 50, rows=rows, seed=3)
+    want = unfused(X, W, b, strategy, 50, rows, seed=3)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_chunk_size_and_threads_do_not_change_anything():
+    X, W, b = make_problem(n=1000, d=40, c=7)
+    rows = np.random.default_rng(0).permutation(1000)[:800]
+    for strategy in STRATEGIES:
+        results = [score_topk(X, W, b, strategy, 30, rows=rows, seed=5, chunk_rows=chunk, threads=threads)
+                   for chunk in (1, 7, 64, 333, None) for threads in (1, 2)]
+        for rows_, scores_ in results[1:]:
+            np.testing.assert_array_equal(rows_, results[0][0])
+            np.testing.assert_array_equal(scores_, results[0][1])
+    # predict_proba is the same whatever the chunking, order and subset
+    full = predict_proba(X, W, b)
+    np.testing.assert_array_equal(predict_proba(X, W, b, rows=rows, chunk_rows=13), full[rows])
+    np.testing.assert_array_equal(predict_proba(X, W, b, rows=rows[:1]), full[rows[:1]])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_streaming_from_hdf5_equals_the_whole_array(tmp_path, dtype, monkeypatch):
+    X, W, b = make_problem(n=1500, d=32, c=5, dtype=np.float16 if dtype == "float16" else np.float32)
+    path = EmbeddingCache.write(tmp_path / "pool.h5", X, make_metadata(len(X)), recipe=recipe(dtype=dtype))
+    largest = []
+    iter_chunks = EmbeddingCache.iter_chunks
+
+    def spy(self, rows=None, chunk_rows=None):
+        for index, block in iter_chunks(self, rows=rows, chunk_rows=chunk_rows):
+            largest.append(len(block))
+            yield index, block
+
+    monkeypatch.setattr(EmbeddingCache, "iter_chunks", spy)
+    exclude = np.zeros(len(X), dtype=bool)
+    exclude[::7] = True
+    rows = np.random.default_rng(1).choice(len(X), 1000, replace=False)
+    with EmbeddingCache(path) as cache:
+        for strategy in STRATEGIES:
+            want = score_topk(X, W, b, strategy, 25, rows=rows, exclude=exclude, seed=2)
+            for chunk in (100, 512, None):
+                largest.clear()
+                got = score_topk(cache, W, b, strategy, 25, rows=rows, exclude=exclude, seed=2, chunk_rows=chunk)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+                assert max(largest) <= (chunk or len(X))
+            whole = score_topk(cache, W, b, strategy, 25, seed=2, chunk_rows=256)
+            np.testing.assert_array_equal(whole[0], score_topk(X, W, b, strategy, 25, seed=2)[0])
+        np.testing.assert_array_equal(predict_proba(cache, W, b, rows=rows), predict_proba(X, W, b, rows=rows))
+
+
+def test_torch_tensors_score_like_numpy():
+    torch = pytest.importorskip("torch")
+    X, W, b = make_problem(c=5)
+    got = score_topk(torch.from_numpy(X), torch.from_numpy(W), torch.from_numpy(b), "entropy", 10,
+                     rows=torch.arange(300), seed=1)
+    want = score_topk(X, W, b, "entropy", 10, rows=np.arange(300), seed=1)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_k_beyond_the_candidates_and_everything_excluded():
+    X, W, b = make_problem(n=100, c=3)
+    rows, scores = score_topk(X, W, b, "margin", 1000, rows=np.arange(10, 20), seed=0)
+    assert sorted(rows.tolist()) == list(range(10, 20)) and (np.diff(scores) <= 0).all()
+    rows, scores = score_topk(X, W, b, "margin", 5, exclude=np.ones(100, dtype=bool))
+    assert rows.shape == (0,) and scores.shape == (0,)
+
+
+def test_progress_reports_every_row():
+    X, W, b = make_problem(n=1000, c=2)
+    calls = []
+    score_topk(X, W, b, "entropy", 5, chunk_rows=128, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (1000, 1000) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_formulas_do_not_depend_on_layout_or_batch():
+    rng = np.random.default_rng(0)
+    for c in (1, 2, 9, 40):
+        proba = rng.dirichlet(np.full(c, 0.3), size=200).astype(np.float32)
+        proba[:10] = proba[10:20]
+        proba[5, :] = 0
+        proba[5, 0] = 1  # zeros and an exact one
+        if c > 1:
+            proba[6, :2] = proba[6, :2].max()  # the top probability twice
+        for formula in (least_confidence, entropy, margin):
+            want = formula(proba)
+            np.testing.assert_array_equal(formula(np.asfortranarray(proba)), want)
+            np.testing.assert_array_equal(np.concatenate([formula(proba[i:i + 1]) for i in range(len(proba))]), want)
+        if c > 1:  # margin's top two are the partition's
+            top2 = np.partition(proba, c - 2, axis=1)[:, -2:]
+            np.testing.assert_array_equal(margin(proba), -(top2[:, 1] - top2[:, 0]))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda X, W, b: score_topk(X, W[:-1], b, "entropy", 3), "W must have shape"),
+        (lambda X, W, b: score_topk(X, W, b[:-1], "entropy", 3), "b must have shape"),
+        (lambda X, W, b: score_topk(X, W, b, "confidence", 3), "unknown strategy 'confidence'"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", 0), "k must be a positive integer"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", -2), "k must be a positive integer"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", 2.5), "k must be a positive integer"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", 3, backend="tpu"), "unknown backend 'tpu'"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", 3, chunk_rows=0), "chunk_rows must be a positive"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", 3, rows=[0, 5, 5]), "must not repeat"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", 3, rows=[0, 600]), "rows must lie in 0..599"),
+        (lambda X, W, b: score_topk(X, W, b, "entropy", 3, exclude=np.zeros(5, bool)), "exclude must be a boolean"),
+        (lambda X, W, b: score_topk(X[0], W, b, "entropy", 3), "X must be a 2-D"),
+        (lambda X, W, b: score_topk(X.astype(int), W, b, "entropy", 3), "float16 or float32"),
+        (lambda X, W, b: score_topk(X, W * np.nan, b, "entropy", 3), "W and b must be finite"),
+        (lambda X, W, b: predict_proba(X, W.T, b), "W must have shape"),
+    ],
+)
+def test_bad_input_is_a_clear_error(call, message):
+    X, W, b = make_problem(c=4)
+    with pytest.raises(ConfigError, match=message):
+        call(X, W, b)
+
+
+def test_nan_rows_are_named():
+    X, W, b = make_problem(c=3)
+    X[17] = np.nan
+    with pytest.raises(ConfigError, match=r"rows \[17\]"):
+        score_topk(X, W, b, "least-confidence", 3)
+    exclude = np.zeros(len(X), dtype=bool)
+    exclude[17] = True  # an excluded row is never scored
+    assert 17 not in score_topk(X, W, b, "least-confidence", 3, exclude=exclude)[0]
+
+
+@pytest.mark.skipif(cuda_status()[0] is not None, reason="a GPU is present")
+def test_cuda_backend_without_a_gpu_says_why():
+    X, W, b = make_problem(c=2)
+    with pytest.raises(ConfigError, match="backend='cuda' needs CuPy and a CUDA GPU"):
+        score_topk(X, W, b, "entropy", 3, backend="cuda")
+    assert score_topk(X, W, b, "entropy", 3, backend="auto")[0].shape == (3,)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_cuda_source_compiles(tmp_path):
+    """nvcc -ptx on scores.cu with every template instantiated, warnings as errors (no GPU needed)."""
+    from embedcache.kernels.cuda import SOURCE
+
+    args = "(const {t}*, long long, int, const float*, const float*, const unsigned char*, int, float*, float*)"
+    lines = [f'#include "{SOURCE}"']
+    for t in ("float", "unsigned short"):
+        lines += [f"template __global__ void fused_scores<{t}, {c}>{args.format(t=t)};" for c in (1, 2, 5, 32)]
+        lines.append(f"template __global__ void row_norms<{t}>(const {t}*, long long, int, float*);")
+    unit = tmp_path / "instantiate.cu"
+    unit.write_text("\n".join(lines) + "\n")
+    result = subprocess.run(["nvcc", "-ptx", "--Werror", "all-warnings", "-o", str(tmp_path / "scores.ptx"), str(unit)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ptx = (tmp_path / "scores.ptx").read_text()
+    assert ptx.count(".entry") == 11 and "logit_scores" in ptx
+
+
+def load_nvrtc():
+    """libnvrtc, the run-time compiler CuPy uses (from the nvidia-cuda-nvrtc wheel or the system), or None."""
+    try:
+        import nvidia
+
+        found = sorted(f for base in nvidia.__path__ for f in glob.glob(f"{base}/*/lib/libnvrtc.so*") if ".alt." not in f)
+    except ImportError:
+        found = []
+    found += [ctypes.util.find_library("nvrtc")] if ctypes.util.find_library("nvrtc") else []
+    for path in found:
+        for builtins in glob.glob(str(Path(path).parent / "libnvrtc-builtins.so*")):
+            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def test_cuda_source_compiles_with_nvrtc_as_cupy_does():
+    """What cuda.py asks CuPy's RawModule for: scores.cu with --std=c++14 and the kernels by name."""
+    from embedcache.kernels.cuda import SOURCE
+
+    nvrtc = load_nvrtc()
+    if nvrtc is None:
+        pytest.skip("libnvrtc not found")
+    program = ctypes.c_void_p()
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), SOURCE.read_bytes(), b"scores.cu", 0, None, None) == 0
+    names = [f"fused_scores<{t}, {c}>" for t in ("float", "unsigned short") for c in (1, 2, 32)]
+    names += ["row_norms<float>", "row_norms<unsigned short>"]
+    for name in names:
+        assert nvrtc.nvrtcAddNameExpression(program, name.encode()) == 0
+    options = (ctypes.c_char_p * 2)(b"--std=c++14", b"-arch=compute_80")
+    status = nvrtc.nvrtcCompileProgram(program, 2, options)
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(program, log)
+    assert status == 0, log.value.decode()
+    nvrtc.nvrtcGetPTXSize(program, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetPTX(program, ptx)
+    for name in names:
+        lowered = ctypes.c_char_p()
+        assert nvrtc.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(lowered)) == 0
+        assert f".entry {lowered.value.decode()}" in ptx.value.decode()
+    assert ".entry logit_scores" in ptx.value.decode()
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+# ---------------------------------------------------------------------- GPU (skipped without CuPy and a GPU)
+needs_gpu = pytest.mark.skipif(cuda_status()[0] is None, reason=cuda_status()[1] or "no GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("c", (2, 5, 33, 182))
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_gpu_equals_cpu(strategy, c, dtype):
+    import cupy
+
+    X, W, b = make_problem(n=3000, d=64, c=c, dtype=dtype, seed=c)
+    exclude = np.zeros(len(X), dtype=bool)
+    exclude[::11] = True
+    want = score_topk(X, W, b, strategy, 40, exclude=exclude, seed=4, backend="cpu")
+    for source in (X, cupy.asarray(X)):
+        for chunk in (None, 500):
+            got = score_topk(source, W, b, strategy, 40, exclude=exclude, seed=4, backend="cuda", chunk_rows=chunk)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("c", (2, 33))
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_gpu_scores_stay_within_their_bound(strategy, c):
+    import cupy
+
+    from embedcache.kernels.cpu import LinearHead, chunk_scores
+    from embedcache.kernels.cuda import error_bound, gpu_scores
+
+    X, W, b = make_problem(n=4000, d=256, c=c, dtype=np.float16, seed=3)
+    head = LinearHead.from_arrays(W, b, X.shape[1])
+    approx, norm = gpu_scores(cupy.asarray(X), head, cupy.asarray(head.weight), cupy.asarray(head.bias), strategy,
+                              cupy.zeros(len(X), dtype=cupy.uint8))
+    exact = chunk_scores(head, X, strategy)
+    a, bound = error_bound(head, strategy, X.shape[1])
+    gap = np.abs(approx.get().astype(np.float64) - exact)
+    assert (gap <= a * norm.get() + bound).all()
+    assert np.abs(approx.get() - exact).max() < 1e-3
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_torch_cuda_tensor_goes_to_the_gpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    X, W, b = make_problem(c=5, dtype=np.float16)
+    got = score_topk(torch.from_numpy(X).cuda(), W, b, "margin", 20, seed=9)
+    want = score_topk(X, W, b, "margin", 20, seed=9, backend="cpu")
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
