@@ -34,21 +34,25 @@ def tie_priority(rows: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def top_k(scores: np.ndarray, rows: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k(scores: np.ndarray, rows: np.ndarray, k: int, seed: int,
+          keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k rows with the highest scores, best first; equal scores ordered by `tie_priority`.
 
-    Returns (rows, scores). k larger than the number of rows returns them all.
+    `keys` (aligned with rows) is what the tie rule hashes, when the rows are positions in a block
+    of a larger table (default: the rows themselves). Returns (rows, scores). k larger than the
+    number of rows returns them all.
     """
     scores = np.asarray(scores)
     rows = np.asarray(rows, dtype=np.int64)
+    keys = rows if keys is None else np.asarray(keys, dtype=np.int64)
     k = min(int(k), len(rows))
     if k <= 0:
         return rows[:0], scores[:0]
     if k < len(rows):
         threshold = np.partition(scores, len(scores) - k)[len(scores) - k]
         keep = np.flatnonzero(scores >= threshold)  # every row tied at the threshold competes
-        scores, rows = scores[keep], rows[keep]
-    order = np.lexsort((tie_priority(rows, seed), -scores))[:k]
+        scores, rows, keys = scores[keep], rows[keep], keys[keep]
+    order = np.lexsort((tie_priority(keys, seed), -scores))[:k]
     return rows[order], scores[order]
 
 

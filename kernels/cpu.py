@@ -43,9 +43,12 @@ def blas_rows(dim: int) -> int:
     return int(min(1024, max(64, (_BLOCK_BYTES // (4 * dim)) // 32 * 32)))
 
 
-def default_chunk_rows(dim: int, itemsize: int) -> int:
+def default_chunk_rows(dim: int, itemsize: int, rows: int, threads: int) -> int:
+    """About 32 MiB of X per chunk, or less so that `rows` rows still give every thread a chunk."""
     block = blas_rows(dim)
-    return max(block, (_CHUNK_BYTES // (dim * itemsize)) // block * block)
+    largest = max(block, (_CHUNK_BYTES // (dim * itemsize)) // block * block)
+    balanced = -(-max(rows, 1) // threads)
+    return min(largest, -(-balanced // block) * block)
 
 
 def default_threads() -> int:
@@ -164,8 +167,10 @@ def non_finite(rows: np.ndarray) -> ConfigError:
 
 def score_topk(pool: Pool, head: LinearHead, strategy: str, k: int, rows: np.ndarray | None,
                exclude: np.ndarray | None, seed: int, chunk_rows: int, threads: int,
-               progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-    """The CPU scorer: exact scores for every candidate row, running top-k across chunks."""
+               progress: Callable[[int, int], None] | None,
+               keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU scorer: exact scores for every candidate row, running top-k across chunks; ties by
+    `keys[row]` (default the row)."""
     floor = [-np.inf]  # the k-th best score merged so far: a row below it cannot make the top-k
 
     def best_of_chunk(index, block):
@@ -175,12 +180,13 @@ def score_topk(pool: Pool, head: LinearHead, strategy: str, k: int, rows: np.nda
         if not finite[keep].all():
             raise non_finite(index[keep & ~finite])
         keep &= scores >= floor[0]
-        return top_k(scores[keep], index[keep], k, seed)
+        return top_k(scores[keep], index[keep], k, seed, None if keys is None else keys[index[keep]])
 
     best_rows, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
     for chunk_rows_, chunk_scores_ in map_chunks(pool, rows, chunk_rows, best_of_chunk, threads, progress):
-        best_rows, best_scores = top_k(np.concatenate([best_scores, chunk_scores_]),
-                                       np.concatenate([best_rows, chunk_rows_]), k, seed)
+        merged = np.concatenate([best_rows, chunk_rows_])
+        best_rows, best_scores = top_k(np.concatenate([best_scores, chunk_scores_]), merged, k, seed,
+                                       None if keys is None else keys[merged])
         if len(best_rows) == k:
             floor[0] = best_scores[-1]
     return best_rows, best_scores

@@ -104,7 +104,8 @@ def gpu_scores(x, head: LinearHead, weight, bias, strategy: str, excluded) -> tu
 
 def score_topk(pool: Pool, head: LinearHead, strategy: str, k: int, rows: np.ndarray | None,
                exclude: np.ndarray | None, seed: int, chunk_rows: int | None,
-               progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+               progress: Callable[[int, int], None] | None,
+               keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The GPU scorer; returns exactly what `cpu.score_topk` returns (see the module docstring)."""
     import cupy
 
@@ -136,8 +137,9 @@ def score_topk(pool: Pool, head: LinearHead, strategy: str, k: int, rows: np.nda
             if len(near):
                 rows_x = block[near] if isinstance(block, np.ndarray) else to_host(x[cupy.asarray(near)])
                 exact = chunk_scores(head, rows_x, strategy)
-                best_rows, best_scores = top_k(np.concatenate([best_scores, exact]),
-                                               np.concatenate([best_rows, index[near]]), k, seed)
+                merged = np.concatenate([best_rows, index[near]])
+                best_rows, best_scores = top_k(np.concatenate([best_scores, exact]), merged, k, seed,
+                                               None if keys is None else keys[merged])
             done += m
             if progress is not None:
                 progress(done, total)

@@ -53,6 +53,7 @@ def score_topk(
     backend: str = "auto",
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tie_keys: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k rows of X whose linear-head predictions are most uncertain, best first.
 
@@ -62,6 +63,8 @@ def score_topk(
     `acquisition.tie_priority(row, seed)`. Returns (row indices into X as int64, float32 scores),
     exactly `top_k(score(predict_proba(X, W, b, rows)), rows, k, seed)` for every backend and chunk
     size. `threads` (CPU, default: all cores) and `chunk_rows` tune speed and memory only.
+    `tie_keys` [N] (unique integers) replaces the row index in the tie rule when X is a block of a
+    larger table: pass the rows' numbers in that table to rank exactly as scoring the table would.
     """
     if strategy not in cpu.STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; the scorer knows {list(cpu.STRATEGIES)}")
@@ -74,23 +77,33 @@ def score_topk(
     head = cpu.LinearHead.from_arrays(W, b, pool.dim)
     rows = check_rows(rows, pool.n_rows)
     exclude = check_exclude(exclude, pool.n_rows)
+    if tie_keys is not None:
+        tie_keys = np.asarray(tie_keys)
+        if tie_keys.shape != (pool.n_rows,) or tie_keys.dtype.kind not in "iu":
+            raise ConfigError(f"tie_keys must be {pool.n_rows} integers, one per row of X; got {tie_keys.shape} "
+                              f"{tie_keys.dtype}")
+        tie_keys = tie_keys.astype(np.int64)
     if rows is not None:
         rows = np.sort(rows if exclude is None else rows[~exclude[rows]])  # order is irrelevant to a top-k
         exclude = None
     if resolve_backend(backend, pool) == "cuda":
         from embedcache.kernels import cuda
 
-        return cuda.score_topk(pool, head, strategy, k, rows, exclude, int(seed), chunk_rows, progress)
-    chunk_rows = chunk_rows or cpu.default_chunk_rows(pool.dim, pool.dtype.itemsize)
-    return cpu.score_topk(pool, head, strategy, k, rows, exclude, int(seed), chunk_rows, threads, progress)
+        return cuda.score_topk(pool, head, strategy, k, rows, exclude, int(seed), chunk_rows, progress, tie_keys)
+    candidates = pool.n_rows if rows is None else len(rows)
+    chunk_rows = chunk_rows or cpu.default_chunk_rows(pool.dim, pool.dtype.itemsize, candidates, threads)
+    return cpu.score_topk(pool, head, strategy, k, rows, exclude, int(seed), chunk_rows, threads, progress,
+                          tie_keys)
 
 
 def _predict(X, W, b, rows, chunk_rows, threads, proba: bool) -> np.ndarray:
     pool = as_pool(X)
     head = cpu.LinearHead.from_arrays(W, b, pool.dim)
-    chunk_rows = _positive(chunk_rows, "chunk_rows") or cpu.default_chunk_rows(pool.dim, pool.dtype.itemsize)
     threads = _positive(threads, "threads") or cpu.default_threads()
-    return cpu.predict(pool, head, check_rows(rows, pool.n_rows), chunk_rows, threads, proba)
+    rows = check_rows(rows, pool.n_rows)
+    chunk_rows = _positive(chunk_rows, "chunk_rows") or cpu.default_chunk_rows(
+        pool.dim, pool.dtype.itemsize, pool.n_rows if rows is None else len(rows), threads)
+    return cpu.predict(pool, head, rows, chunk_rows, threads, proba)
 
 
 def predict_proba(X: Any, W: Any, b: Any, rows: Any = None, chunk_rows: int | None = None,

@@ -140,3 +140,28 @@ def test_one_class_and_bad_labels():
         learner.fit(np.arange(3), np.array([0, 1, 3]))
     with pytest.raises(ConfigError, match="--solver"):
         LinearConfig(solver="sgd")
+
+
+@pytest.mark.parametrize("strategy", ["least-confidence", "entropy", "margin"])
+@pytest.mark.parametrize("classes", [2, 4])
+def test_linear_fused_ranking_equals_scoring_its_probabilities(strategy, classes):
+    """The linear learner ranks the pool through embedcache.kernels (a contiguous block, the
+    labelled rows masked); that must be exactly the acquisition's unfused path on the same rows."""
+    from embedcache.acquisition import UNCERTAINTY_SCORES, top_k
+
+    x, y = _data(classes)
+    x[400:450] = x[300]  # planted ties: identical rows score identically
+    pool = np.arange(100, 600)
+    learner = LinearLearner(x, classes)
+    learner.prepare(pool, {"val": np.arange(0, 100)})
+    learner.fit(np.arange(100, 140), y[100:140])
+    rng = np.random.default_rng(0)
+    for candidates in (pool[40:], np.sort(rng.choice(pool[40:], 60, replace=False))):  # dense, sparse
+        for seed in (0, 1):
+            fused = learner.top_k(candidates, strategy, 25, seed)
+            scores = UNCERTAINTY_SCORES[strategy](learner.predict_proba(candidates))
+            unfused = top_k(scores, candidates, 25, seed)
+            np.testing.assert_array_equal(fused[0], unfused[0])
+            np.testing.assert_array_equal(fused[1], unfused[1])
+    evaluated = np.arange(0, 100)  # the prepared block, and the same rows gathered in another order
+    np.testing.assert_array_equal(learner.predict_proba(evaluated), learner.predict_proba(evaluated[::-1])[::-1])

@@ -32,6 +32,9 @@ from embedcache.learners import fit_arguments
 
 SOLVERS = ("auto", "newton", "lbfgs")
 _NEWTON_MAX_VARIABLES = 2048
+#: Newton steps taken with a stale Hessian factor before refactorising, so the last steps converge
+#: quadratically rather than linearly.
+_MAX_STALE_STEPS = 2
 #: Scale² of the constant feature standing in for the intercept, relative to the mean squared row norm.
 _INTERCEPT_SCALE2 = 1e6
 
@@ -84,15 +87,6 @@ def _append_rows(buffer: torch.Tensor | None, used: int, rows: torch.Tensor) -> 
     return buffer
 
 
-@dataclasses.dataclass
-class _Block:
-    """Rows the loop reads every round, kept contiguous: `position[row]` is the row's index in `x`, or -1."""
-
-    rows: np.ndarray
-    position: np.ndarray
-    x: torch.Tensor
-
-
 class LinearLearner:
     """Logistic regression on rows of a feature matrix: `fit(rows, y)` / `predict_proba(rows)`.
 
@@ -109,8 +103,8 @@ class LinearLearner:
         self._mean = torch.zeros(self.features.shape[1], dtype=torch.float64, device=self.device)
         self._scale = torch.ones_like(self._mean)
         self._stats_ready = not self.config.standardize
-        self._blocks: dict[str, _Block] = {}
-        self._logits: dict[str, torch.Tensor] = {}  # per block, for the current fit
+        self._pool: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None  # rows, row → position, block
+        self._eval: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         self._state: dict | None = None  # warm-start state of the last fit
         self.warm_start = self.config.warm_start
 
@@ -119,15 +113,18 @@ class LinearLearner:
         return {"learner": "linear", **dataclasses.asdict(self.config)}
 
     def prepare(self, pool: np.ndarray, evaluation: dict[str, np.ndarray]) -> None:
-        """Called once by the loop: standardisation statistics from the pool, and contiguous copies
-        of the pool and evaluation rows, whose logits are then computed once per fit, not gathered."""
-        for name, rows in {"pool": pool, **{f"eval:{k}": v for k, v in evaluation.items()}}.items():
-            rows = np.asarray(rows, dtype=np.int64)
-            position = np.full(len(self.features), -1, dtype=np.int64)
-            position[rows] = np.arange(len(rows))
-            self._blocks[name] = _Block(rows, position, self.features[torch.as_tensor(rows, device=self.device)])
+        """Called once by the loop: standardisation statistics from the pool's features, and
+        contiguous copies of the pool and evaluation rows, so rounds read them without gathering."""
+        def block(rows):
+            return self.features[torch.as_tensor(rows, device=self.device)]
+
+        pool = np.asarray(pool, dtype=np.int64)
+        position = np.full(len(self.features), -1, dtype=np.int64)
+        position[pool] = np.arange(len(pool))
+        self._pool = (pool, position, block(pool))
+        self._eval = {name: (np.asarray(rows, dtype=np.int64), block(rows)) for name, rows in evaluation.items()}
         if self.config.standardize:
-            self._set_stats(self._blocks["pool"].x)
+            self._set_stats(self._pool[2])
 
     def _set_stats(self, x: torch.Tensor) -> None:
         """Per-feature mean and standard deviation, accumulated in float64 in one pass."""
@@ -150,7 +147,6 @@ class LinearLearner:
         rows, y = fit_arguments(rows, y, self.num_classes)
         if not self._stats_ready:
             self._set_stats(self.features)
-        self._logits = {}
         classes = np.unique(y)
         self.classes_ = classes
         if len(classes) == 1:
@@ -182,44 +178,58 @@ class LinearLearner:
         # fold standardisation into the head: logits = raw @ coef + intercept
         self.coef_ = weights / self._scale[:, None]
         self.intercept_ = bias - (self._mean / self._scale) @ weights
-        self._head = (self.coef_.to(torch.float32), self.intercept_.to(torch.float32))
+        self._head = _softmax_head(self.coef_, self.intercept_)
         self.training_ = facts
         return self
 
-    # ------------------------------------------------------------------ predict
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        coef, intercept = self._head
-        if x.device.type == "cpu":  # numpy's BLAS is about twice as fast as torch's for these shapes
-            return torch.from_numpy(x.numpy() @ coef.numpy() + intercept.numpy())
-        return x @ coef + intercept
-
-    def decision_function(self, rows: np.ndarray) -> torch.Tensor:
-        """Logits of the fitted classes for `rows` (binary: one column, the second class's logit).
-
-        Rows inside a prepared block read that block's logits, computed once per fit."""
-        rows = np.asarray(rows, dtype=np.int64)
-        for name, block in self._blocks.items():
-            position = block.position[rows]
-            if (position >= 0).all():
-                if name not in self._logits:
-                    self._logits[name] = self._apply(block.x)
-                with _one_thread(self.device):
-                    return self._logits[name][torch.as_tensor(position, device=self.device)]
-        return self._apply(self.features[torch.as_tensor(rows, device=self.device)])
-
+    # ------------------------------------------------------------------ predict: through embedcache.kernels
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """`[n, num_classes]` probabilities (float32); classes absent from the labelled set get 0."""
+        from embedcache.kernels import predict_proba
+
         rows = np.asarray(rows, dtype=np.int64)
         full = np.zeros((len(rows), self.num_classes), dtype=np.float32)
         if len(self.classes_) == 1:
             full[:, self.classes_[0]] = 1.0
             return full
-        logits = self.decision_function(rows)
-        with _one_thread(self.device):
-            if len(self.classes_) == 2:
-                logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
-            full[:, self.classes_] = torch.softmax(logits, dim=1).cpu().numpy()
+        prepared = next((x for r, x in self._eval.values() if len(r) == len(rows) and np.array_equal(r, rows)), None)
+        if prepared is not None:  # a row's probabilities do not depend on the rows scored with it
+            full[:, self.classes_] = predict_proba(prepared, *self._head)
+        else:
+            full[:, self.classes_] = predict_proba(self.features, *self._head, rows=rows)
         return full
+
+    def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The acquisition's fused path: the pool ranked by `embedcache.kernels.score_topk` without
+        materialising its probabilities; exactly what scoring `predict_proba(candidates)` gives."""
+        from embedcache.acquisition import UNCERTAINTY_SCORES, top_k
+        from embedcache.kernels import score_topk
+
+        candidates = np.asarray(candidates, dtype=np.int64)
+        if len(self.classes_) == 1:  # every candidate is certain: the tie rule alone orders them
+            return top_k(UNCERTAINTY_SCORES[strategy](self.predict_proba(candidates)), candidates, k, seed)
+        if self._pool is not None and (self._pool[1][candidates] >= 0).all():
+            # score the contiguous pool block, the others masked (no gather when most are candidates);
+            # ties hash the rows' numbers in the whole table, as scoring it directly would
+            rows, position, block = self._pool
+            subset = position[candidates]
+            dense = 2 * len(candidates) >= len(rows)
+            exclude = None
+            if dense:
+                exclude = np.ones(len(rows), dtype=bool)
+                exclude[subset] = False
+            chosen, scores = score_topk(block, *self._head, strategy, k, rows=None if dense else subset,
+                                        exclude=exclude, seed=seed, tie_keys=rows)
+            return rows[chosen], scores
+        return score_topk(self.features, *self._head, strategy, k, rows=candidates, seed=seed)
+
+
+def _softmax_head(coef: torch.Tensor, intercept: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(W [D, C], b [C]) float32 for softmax scoring; a binary head σ(z) is the softmax of [0, z]."""
+    if coef.shape[1] == 1:
+        coef = torch.cat([torch.zeros_like(coef), coef], dim=1)
+        intercept = torch.cat([torch.zeros_like(intercept), intercept])
+    return coef.to(torch.float32).cpu().numpy(), intercept.to(torch.float32).cpu().numpy()
 
 
 # ---------------------------------------------------------------------- solvers
@@ -280,17 +290,18 @@ def _fit_newton(x, target, binary, width, config, previous):
 
     loss, logits, residual = objective(dual)
     first, steps, stopped_by = float(loss), 0, "max_iter"
-    solve, last_decrement = None, None
+    solve, last_decrement, stale = None, None, 0
     for steps in range(1, config.max_iter + 1):
         gradient_dual = C * residual + dual
         kg = kernel @ gradient_dual  # the gradient in A
-        # The Hessian is refactorised only when progress slows: a stale one still gives a descent
-        # direction ((K⁻¹ + C H_old)⁻¹ is positive definite), at the cost of two triangular solves.
+        # The Hessian is refactorised when progress slows or after two steps: a stale factor still
+        # gives a descent direction ((K⁻¹ + C H_old)⁻¹ is positive definite) for two triangular solves.
         fresh = solve is None
         step = solve(gradient_dual, kg) if solve is not None else None
         decrement = None if step is None else float(-(kg * step).sum())
-        if step is None or decrement <= 0 or (last_decrement is not None and decrement > 0.1 * last_decrement):
-            solve, fresh = factorise(logits), True
+        if (step is None or decrement <= 0 or stale >= _MAX_STALE_STEPS
+                or (last_decrement is not None and decrement > 0.1 * last_decrement)):
+            solve, fresh, stale = factorise(logits), True, 0
             step = solve(gradient_dual, kg)
             decrement = float(-(kg * step).sum())
         if decrement / 2 <= config.tol * (1 + abs(float(loss))) and fresh:
@@ -304,6 +315,7 @@ def _fit_newton(x, target, binary, width, config, previous):
                 break
             t *= 0.5
         dual, loss, logits, residual, last_decrement = candidate, new_loss, new_logits, new_residual, decrement
+        stale += 1
     weights = x.T @ dual
     bias = s2 * dual.sum(0)
     state = {"dual": dual, "gram": gram, "s2": s2}
