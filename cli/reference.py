@@ -29,7 +29,9 @@ def render() -> str:
     parts = []
     for path, command in _commands(main):
         name = " ".join(("embedcache", *path))
-        context = click.Context(command, info_name=name, max_content_width=100, terminal_width=100)
+        # the group's settings (-h, --help; width), as a real invocation's context would inherit them
+        settings = {**main.context_settings, "max_content_width": 100, "terminal_width": 100}
+        context = click.Context(command, info_name=name, **settings)
         parts.append(f"### `{name}`\n\n```text\n{command.get_help(context).rstrip()}\n```\n")
     return "\n".join(parts)
 
