@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from embedcache.cli.options import (backbone_options, dataset_options, finetune_options, parse_key_values,
+from embedcache.cli.options import (Bars, backbone_options, dataset_options, finetune_options, parse_key_values,
                                     progress_bar, step_bars)
 
 
@@ -147,20 +147,13 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
             score_with=score_with, cache=cache, linear=linear, progress=step_bars(not quiet and jobs == 1))
     seed_list = parse_seeds(seeds)
     total = len(strategies) * len(seed_list)
-    bars: dict = {}
+    round_bars = Bars(leave=False)
 
     def on_round(strategy, seed, record, n_rounds):
-        from tqdm.auto import tqdm
-
         name = f"[{strategy} seed {seed}]"
-        if name not in bars:
-            bars[name] = tqdm(total=n_rounds, initial=record["round"], desc=name, unit="round", leave=False,
-                              dynamic_ncols=True)
-        bars[name].update(1)
         if record["metrics"]:
-            bars[name].write(round_line(record, n_rounds, name))
-        if record["round"] == n_rounds - 1:
-            bars.pop(name).close()
+            round_bars.write(round_line(record, n_rounds, name))
+        round_bars.update(name, record["round"] + 1, n_rounds, "round")
 
     with progress_bar("runs", "run", enabled=not quiet and jobs > 1) as runs_bar:
         runs = run_grid(experiment, protocol, strategies, seed_list, out, jobs=jobs,

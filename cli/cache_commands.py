@@ -29,7 +29,9 @@ from embedcache.cli.options import backbone_options, dataset_options, parse_key_
 @click.option("--shard", default=None, metavar="I/N",
               help="Extract only the I-th of N contiguous slices (0-based), e.g. one SLURM array task; "
                    "join the shards with `embedcache merge`.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted extraction into --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted extraction into --out (a complete one of the same recipe and "
+                   "dataset is left as it is).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--skip-bad", is_flag=True,
               help="Leave out missing or unreadable examples instead of stopping; their ids and errors are "
@@ -57,6 +59,9 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
     unit = "img" if model.modality == "image" else "text"
     with progress_bar(f"extract {out.name}", unit, enabled=not quiet) as progress:
         result = run_extract(data, model, out, options, progress=progress)
+    if result.resumed_from >= result.rows:
+        click.echo(f"{result.path} is already complete ({result.rows} rows): nothing to do")
+        return
     new_rows = result.rows + len(result.skipped) - result.resumed_from
     rate = new_rows / result.seconds if result.seconds else float("nan")
     click.echo(f"wrote {result.path}: {result.rows} rows x {model.num_features} ({dtype}) in "

@@ -33,7 +33,8 @@ def _format(rows, probes, out: Path) -> str:
 
 @click.command()
 @click.option("--out", default=Path("demo"), show_default=True, type=click.Path(path_type=Path),
-              help="Folder for the dataset, caches, run records and report (rerunning reuses finished work).")
+              help="Folder for the dataset, caches, run records and report. Rerunning reuses finished work; "
+                   "a rerun with other sizes (--quick, --seeds) replaces it.")
 @click.option("--seeds", type=int, default=None, help="AL seeds per strategy and features (default 8; 3 with --quick).")
 @click.option("--quick", is_flag=True, help="A smaller dataset, budget and fewer seeds: about a minute on 2 cores.")
 @click.option("--jobs", type=int, default=None, help="AL runs in parallel processes (default: CPUs, at most 4).")
@@ -44,21 +45,14 @@ def demo(out, seeds, quick, jobs):
     the same architecture at random init), runs least-confidence and random sampling on both, and
     writes the report. Whatever the runs show is what it prints.
     """
-    from tqdm.auto import tqdm
-
+    from embedcache.cli.options import Bars
     from embedcache.demo import DemoConfig, default_jobs, run_demo
 
     config = DemoConfig.quick(seeds) if quick else DemoConfig(seeds=seeds or 8)
-    bars: dict = {}
-
-    def stage(name: str, done: int, total: int) -> None:
-        if name not in bars:
-            bars[name] = tqdm(total=total, desc=f"{name:<22}", leave=True, dynamic_ncols=True)
-        bars[name].update(done - bars[name].n)
-        if done >= total:
-            bars[name].close()
-
-    rows, probes = run_demo(out, config, jobs or default_jobs(), progress=stage)
-    for bar in bars.values():
-        bar.close()
+    stages = Bars()
+    try:
+        rows, probes = run_demo(out, config, jobs or default_jobs(),
+                                progress=lambda name, done, total: stages.update(f"{name:<22}", done, total))
+    finally:
+        stages.close()
     click.echo(_format(rows, probes, out))

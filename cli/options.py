@@ -30,27 +30,50 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     return int(index), int(count)
 
 
+class Bars:
+    """Progress bars keyed by name, each driven by `update(key, done, total)` as the library's
+    progress callbacks report. A key's bar starts at its first update (so work already done, e.g. a
+    resumed run, does not inflate the rate), starts again when `done` goes back (a new pass), and
+    closes when `done` reaches `total`. `leave=False` clears finished bars; `position` stacks them."""
+
+    def __init__(self, enabled: bool = True, leave: bool = True, position: int | None = None):
+        self.enabled, self.leave, self.position = enabled, leave, position
+        self._bars: dict = {}
+
+    def update(self, key: str, done: int, total: int, unit: str = "it") -> None:
+        from tqdm.auto import tqdm
+
+        bar = self._bars.get(key)
+        if bar is not None and done < bar.n:
+            bar.close()
+            bar = None
+        if bar is None:
+            bar = self._bars[key] = tqdm(desc=key, unit=unit, total=total, initial=done, disable=not self.enabled,
+                                         leave=self.leave, position=self.position, dynamic_ncols=True,
+                                         smoothing=0.1)
+        bar.update(done - bar.n)
+        if done >= total:
+            self._bars.pop(key).close()
+
+    def write(self, text: str) -> None:
+        """A line above the bars."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(text)
+
+    def close(self) -> None:
+        while self._bars:
+            self._bars.popitem()[1].close()
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
-    """A tqdm bar driven by a `progress(done, total)` callback, as the library's long calls take.
-
-    The bar starts at the first call, so work already done (a resumed run) does not inflate the rate.
-    """
-    from tqdm.auto import tqdm
-
-    bars = []
-
-    def update(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(desc=description, unit=unit, total=total, initial=done, disable=not enabled,
-                             dynamic_ncols=True, smoothing=0.1))
-        bars[0].update(done - bars[0].n)
-
+    """One bar driven by a `progress(done, total)` callback, as the library's long calls take."""
+    bars = Bars(enabled)
     try:
-        yield update
+        yield lambda done, total: bars.update(description, done, total, unit)
     finally:
-        for bar in bars:
-            bar.close()
+        bars.close()
 
 
 def option_group(*options: Callable) -> Callable:
@@ -114,18 +137,7 @@ finetune_options = option_group(
 def step_bars(enabled: bool):
     """A progress(phase, done, total) callback for finetuning: one transient bar per training or scoring
     pass (passes start at done = 0); None when disabled."""
-    from tqdm.auto import tqdm
-
-    bars: dict = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        if done == 0:
-            if "bar" in bars:
-                bars["bar"].close()
-            unit = "step" if phase == "train" else "ex"
-            bars["bar"] = tqdm(total=total, desc=phase, unit=unit, leave=False, position=1, dynamic_ncols=True)
-        bars["bar"].update(done - bars["bar"].n)
-        if done >= total:
-            bars.pop("bar").close()
-
-    return progress if enabled else None
+    if not enabled:
+        return None
+    bars = Bars(leave=False, position=1)
+    return lambda phase, done, total: bars.update(phase, done, total, "step" if phase == "train" else "ex")

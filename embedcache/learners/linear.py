@@ -8,14 +8,18 @@ Solvers (torch, CPU or CUDA, float64):
 * "newton": Newton's method in the representer space. With few labelled points n and wide
   features D (AL's regime: n ≤ a few hundred, D = 2048) the weights are `W = Xᵀ A`, and each
   step solves an (n·C')×(n·C') system (C' = 1 for binary, C for multinomial) instead of touching
-  a D×D Hessian; 3-6 steps converge to machine precision. The intercept is an extra constant
-  feature of large scale, so its penalty is below 1e-8 of the loss.
+  a D×D Hessian. A factorisation is reused for up to two further steps (cheap triangular solves)
+  unless progress slows. The intercept is an extra constant feature of large scale, so its
+  penalty is below 1e-8 of the loss.
 * "lbfgs": primal full-batch L-BFGS, for large n·C (iWildCam's 182 classes).
 "auto" picks newton when n·C' ≤ 2048.
 
 Warm start: when the labelled rows extend the previous fit's rows (the AL loop appends
 acquisitions), the dual variables (or weights) of the last fit are the starting point, and the
 Gram matrix is extended rather than recomputed.
+
+Probabilities and pool ranking go through `embedcache.kernels` (one arithmetic for both, so the
+fused `top_k` equals scoring `predict_proba`), on contiguous copies of the pool and evaluation rows.
 """
 
 from __future__ import annotations
