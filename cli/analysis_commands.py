@@ -28,8 +28,11 @@ from embedcache.cli.options import progress_bar
 @click.option("--max-panels", default=16, show_default=True,
               help="Panels (or bars) per figure for groups with many values; the tables keep them all.")
 @click.option("--top", default=5, show_default=True, help="Most upsampled group values listed per curve in summary.md.")
+@click.option("--ci", "interval", type=click.Choice(["t", "gaussian"]), default="t", show_default=True,
+              help="95 % confidence intervals over seeds: Student t (right for a handful of seeds), or the "
+                   "Gaussian approximation the paper's figures use. summary.md says which.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def report(runs, out, split, baseline, metric, groups, allow_mixed, max_panels, top, quiet):
+def report(runs, out, split, baseline, metric, groups, allow_mixed, max_panels, top, interval, quiet):
     """Summarise AL runs: learning curves with 95 % CIs, labels-to-reach and final gain against a
     baseline strategy, and which groups each strategy upsampled.
 
@@ -42,7 +45,7 @@ def report(runs, out, split, baseline, metric, groups, allow_mixed, max_panels, 
     from embedcache.records import read_runs
 
     config = ReportConfig(split=split, baseline=baseline, metric=metric, groups=tuple(groups),
-                          allow_mixed=allow_mixed, max_panels=max_panels, top=top)
+                          allow_mixed=allow_mixed, max_panels=max_panels, top=top, interval=interval)
     loaded = read_runs(runs)
     with progress_bar("figures", "fig", enabled=not quiet) as bar:
         summary = write_report(loaded, out, config, progress=bar)

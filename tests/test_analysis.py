@@ -53,14 +53,20 @@ def write_record(folder, strategy, seed, accuracies, acquired=(), *, fingerprint
 
 
 # ---------------------------------------------------------------------- statistics
-def test_estimate_is_mean_plus_minus_1_96_sd_over_root_n():
-    e = estimate([0.5, 0.6, 0.7])
+def test_estimate_is_scipys_t_interval_by_default_and_the_papers_gaussian_on_request():
+    values = [0.5, 0.6, 0.7]
+    e = estimate(values)
     assert e.mean == pytest.approx(0.6) and e.n == 3
     assert e.sd == pytest.approx(0.1)
-    assert e.half_width == pytest.approx(1.96 * 0.1 / math.sqrt(3))
-    assert (e.low, e.high) == pytest.approx((0.6 - 0.113161, 0.6 + 0.113161), abs=1e-6)
+    assert (e.low, e.high) == pytest.approx(stats.t.interval(0.95, 2, loc=0.6, scale=stats.sem(values)))
+    assert (e.low, e.high) == pytest.approx(tuple(stats.ttest_1samp(values, 0).confidence_interval(0.95)))
+    g = estimate(values, "gaussian")
+    assert g.half_width == pytest.approx(1.96 * 0.1 / math.sqrt(3), rel=1e-4)  # the paper's z = 1.96
+    assert (g.low, g.high) == pytest.approx((0.6 - 0.113161, 0.6 + 0.113161), abs=1e-5)
     one = estimate([0.4])
     assert one.sd is None and one.half_width is None and one.low is None
+    with pytest.raises(ConfigError, match="unknown confidence interval 'z'"):
+        estimate(values, "z")
 
 
 def test_labels_to_reach_interpolates_stays_and_never_extrapolates():
@@ -79,13 +85,21 @@ def test_difference_is_paired_on_matching_seeds_and_welch_otherwise():
     a, b = [(0, 0.9), (1, 0.9)], [(1, 0.85), (0, 0.75)]
     paired = difference(a, b)
     assert paired.test == "paired t" and paired.mean == pytest.approx(0.1)
-    assert paired.half_width == pytest.approx(1.96 * math.sqrt(0.005) / math.sqrt(2))  # diffs 0.15, 0.05
-    assert paired.statistic == pytest.approx(2.0)
-    assert paired.p_value == pytest.approx(stats.ttest_rel([0.9, 0.9], [0.75, 0.85]).pvalue)
+    scipy_paired = stats.ttest_rel([0.9, 0.9], [0.75, 0.85])
+    low, high = scipy_paired.confidence_interval(0.95)  # diffs 0.15, 0.05
+    assert (paired.mean - paired.half_width, paired.mean + paired.half_width) == pytest.approx((low, high))
+    assert paired.statistic == pytest.approx(2.0) and paired.p_value == pytest.approx(scipy_paired.pvalue)
+    assert low < 0 < high and paired.p_value > 0.05  # the interval and the test tell one story
+    gaussian = difference(a, b, "gaussian")
+    assert gaussian.half_width == pytest.approx(1.96 * math.sqrt(0.005) / math.sqrt(2), rel=1e-4)
     welch = difference([(0, 0.9), (1, 0.8), (2, 0.7)], [(5, 0.6), (6, 0.5)])
+    scipy_welch = stats.ttest_ind([0.9, 0.8, 0.7], [0.6, 0.5], equal_var=False)
     assert welch.test == "Welch t" and welch.mean == pytest.approx(0.25)
-    assert welch.half_width == pytest.approx(1.96 * math.sqrt(0.01 / 3 + 0.005 / 2))
-    assert welch.p_value == pytest.approx(stats.ttest_ind([0.9, 0.8, 0.7], [0.6, 0.5], equal_var=False).pvalue)
+    assert (welch.mean - welch.half_width, welch.mean + welch.half_width) == pytest.approx(
+        tuple(scipy_welch.confidence_interval(0.95)))
+    assert welch.p_value == pytest.approx(scipy_welch.pvalue)
+    assert difference([(0, 0.9), (1, 0.8), (2, 0.7)], [(5, 0.6), (6, 0.5)], "gaussian").half_width == pytest.approx(
+        1.96 * math.sqrt(0.01 / 3 + 0.005 / 2), rel=1e-4)
     assert difference([(0, 0.9)], [(0, 0.8)]).half_width is None  # one seed: no interval, no test
 
 
@@ -108,9 +122,12 @@ def test_learning_curve_means_and_bands(hand_runs):
     curve = learning_curve(KEY_A, groups[KEY_A], "val")
     assert curve.n_labeled.tolist() == [10, 20, 30] and curve.n.tolist() == [2, 2, 2]
     np.testing.assert_allclose(curve.mean, [0.55, 0.75, 0.9])
-    np.testing.assert_allclose(curve.half_width, [1.96 * math.sqrt(0.005) / math.sqrt(2)] * 2 + [0], atol=1e-12)
+    t_half = stats.t.ppf(0.975, 1) * math.sqrt(0.005) / math.sqrt(2)  # two seeds: t with one degree of freedom
+    np.testing.assert_allclose(curve.half_width, [t_half] * 2 + [0], atol=1e-12)
     row = curve.rows()[0]
-    assert row["ci_low"] == pytest.approx(0.55 - 0.098) and row["ci_high"] == pytest.approx(0.55 + 0.098)
+    assert row["ci_low"] == pytest.approx(0.55 - t_half) and row["ci_high"] == pytest.approx(0.55 + t_half)
+    gaussian = learning_curve(KEY_A, groups[KEY_A], "val", interval="gaussian")
+    np.testing.assert_allclose(gaussian.half_width, [0.098] * 2 + [0], atol=1e-4)
 
 
 def test_compare_labels_to_reach_ratio_and_gain(hand_runs):
@@ -130,7 +147,7 @@ def test_upsampling_ratio_by_hand(hand_runs):
     ratios = {u.value: u for u in upsampling(KEY_A, runs, "place")}
     # seed 0 acquired 3 water of 5 (share 0.6, pool 0.2 → 3.0); seed 1: 1 of 5 (→ 1.0)
     assert ratios["water"].ratio.mean == pytest.approx(2.0)
-    assert ratios["water"].ratio.half_width == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
+    assert ratios["water"].ratio.half_width == pytest.approx(stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2))
     assert ratios["land"].ratio.mean == pytest.approx((0.4 / 0.8 + 0.8 / 0.8) / 2)
     assert ratios["water"].pool_share.mean == pytest.approx(0.2)
     combined = {u.value: u.ratio.mean for u in upsampling(KEY_A, runs, "label*place")}

@@ -112,6 +112,20 @@ def test_report_options(runs, tmp_path):
         assert len({row["value"] for row in csv.DictReader(f)}) == 3
 
 
+def test_report_says_which_interval_it_used(runs, tmp_path):
+    student = CliRunner().invoke(main, ["report", str(runs[0]), "--out", str(tmp_path / "t"), "--quiet"])
+    paper = CliRunner().invoke(main, ["report", str(runs[0]), "--out", str(tmp_path / "g"), "--ci", "gaussian",
+                                      "--quiet"])
+    assert student.exit_code == 0 and paper.exit_code == 0, student.output + paper.output
+    t, g = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("t", "g"))
+    assert (t["interval"], g["interval"]) == ("t", "gaussian")
+    assert "Student t interval" in (tmp_path / "t" / "summary.md").read_text()
+    assert "Gaussian approximation, as the paper" in (tmp_path / "g" / "summary.md").read_text()
+    widths = [(a["ratio"]["ci_high"] - a["ratio"]["ci_low"], b["ratio"]["ci_high"] - b["ratio"]["ci_low"])
+              for a, b in zip(t["upsampling"], g["upsampling"]) if a["ratio"]["ci_low"] is not None]
+    assert widths and all(wide >= narrow for wide, narrow in widths) and any(w > n for w, n in widths)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--group", "label*bird"], "unknown group 'bird'"),
     (["--baseline", "entropy"], "--baseline 'entropy': no runs of that strategy"),

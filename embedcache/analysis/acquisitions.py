@@ -149,7 +149,7 @@ class Upsampling:
                 "ratio_sd": r.sd, "ci_low": r.low, "ci_high": r.high, "n_seeds": r.n}
 
 
-def upsampling(key: CurveKey, runs: Sequence[Run], spec: str) -> list[Upsampling]:
+def upsampling(key: CurveKey, runs: Sequence[Run], spec: str, interval: str = "t") -> list[Upsampling]:
     """Upsampling ratio of every value of `spec` in the pool (values in pool order); [] if nothing was acquired."""
     check_spec(runs, spec)
     per_run = []
@@ -161,12 +161,13 @@ def upsampling(key: CurveKey, runs: Sequence[Run], spec: str) -> list[Upsampling
         present = [(share[c[value]], acquired[c[value]], ratio[c[value]])
                    for c, share, acquired, ratio in per_run if value in c]
         pool, acquired, ratio = (np.array(x) for x in zip(*present))
-        results.append(Upsampling(key, spec, value, estimate(pool), estimate(acquired), estimate(ratio)))
+        results.append(Upsampling(key, spec, value, estimate(pool, interval), estimate(acquired, interval),
+                                  estimate(ratio, interval)))
     return results
 
 
 def cumulative_upsampling(key: CurveKey, runs: Sequence[Run], spec: str,
-                          values: Sequence[str] | None = None) -> list[Curve]:
+                          values: Sequence[str] | None = None, interval: str = "t") -> list[Curve]:
     """Upsampling ratio of the acquisitions so far, against the labels once they are labelled:
     one curve per value (metric "SPEC=VALUE"; all values, or `values`), mean ± 95 % CI over seeds."""
     check_spec(runs, spec)
@@ -178,4 +179,4 @@ def cumulative_upsampling(key: CurveKey, runs: Sequence[Run], spec: str,
             curve = points.setdefault(value, {})
             for labels, r in zip(a.labels.tolist(), ratio[:, a.column[value]].tolist()):
                 curve.setdefault(labels, []).append(r)
-    return [Curve.from_points(key, f"{spec}={value}", p) for value, p in points.items()]
+    return [Curve.from_points(key, f"{spec}={value}", p, interval) for value, p in points.items()]

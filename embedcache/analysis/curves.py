@@ -130,9 +130,9 @@ class Curve:
     n: np.ndarray
 
     @classmethod
-    def from_points(cls, key: CurveKey, metric: str, points: dict[int, list[float]]) -> "Curve":
+    def from_points(cls, key: CurveKey, metric: str, points: dict[int, list[float]], interval: str = "t") -> "Curve":
         xs = sorted(points)
-        stats = [estimate(points[x]) for x in xs]
+        stats = [estimate(points[x], interval) for x in xs]
         nan = float("nan")
         return cls(key, metric, np.asarray(xs, dtype=np.int64), np.array([s.mean for s in stats]),
                    np.array([nan if s.sd is None else s.sd for s in stats]),
@@ -152,15 +152,17 @@ class Curve:
                 for x, n, m, sd, h in zip(self.n_labeled, self.n, self.mean, self.sd, self.half_width)]
 
 
-def learning_curve(key: CurveKey, runs: Sequence[Run], split: str, metric: str = "accuracy") -> Curve:
-    """The mean (± 95 % CI) over `runs` of `metric` on `split`, at every number of labels evaluated."""
+def learning_curve(key: CurveKey, runs: Sequence[Run], split: str, metric: str = "accuracy",
+                   interval: str = "t") -> Curve:
+    """The mean (± 95 % CI of kind `interval`, see `stats`) over `runs` of `metric` on `split`, at every
+    number of labels evaluated."""
     points: dict[int, list[float]] = {}
     for run in runs:
         for x, y in zip(*run.curve(split, metric_path(metric))):
             points.setdefault(int(x), []).append(float(y))
     if not points:
         raise ConfigError(f"no run of {key.label!r} recorded {metric!r} on split {split!r}")
-    return Curve.from_points(key, metric, points)
+    return Curve.from_points(key, metric, points, interval)
 
 
 def values_at(runs: Sequence[Run], split: str, metric: str, n_labeled: int) -> list[tuple[int, float]]:
@@ -179,7 +181,8 @@ class Comparison:
     """Strategy A (`key`) against a baseline B on one metric.
 
     target: B's final mean (at `baseline_labels`, its largest number of labels); labels_to_reach:
-    the labels A's mean curve needs to first reach it (interpolated, None if never); ratio:
+    the labels from which A's mean curve reaches it and stays there (interpolated, None if it ends
+    below; `stats.labels_to_reach`); ratio:
     baseline_labels / labels_to_reach ("5x fewer labels"). Labels count the whole labelled set,
     seed set included, as the curves' x-axis. gain: A − B at `compared_at`, the largest number
     of labels both curves evaluated (None if they share none)."""
@@ -202,15 +205,15 @@ class Comparison:
 
 
 def compare(key: CurveKey, runs: Sequence[Run], baseline: CurveKey, baseline_runs: Sequence[Run], split: str,
-            metric: str = "accuracy") -> Comparison:
+            metric: str = "accuracy", interval: str = "t") -> Comparison:
     """Labels-to-reach, ratio and final gain of `runs` against `baseline_runs` (see `Comparison`)."""
-    a = learning_curve(key, runs, split, metric)
-    b = learning_curve(baseline, baseline_runs, split, metric)
+    a = learning_curve(key, runs, split, metric, interval)
+    b = learning_curve(baseline, baseline_runs, split, metric, interval)
     target, baseline_labels = float(b.mean[-1]), int(b.n_labeled[-1])
     reach = labels_to_reach(a.n_labeled, a.mean, target)
     ratio = None if reach is None or reach <= 0 else baseline_labels / reach
     shared = np.intersect1d(a.n_labeled, b.n_labeled)
     at = int(shared[-1]) if len(shared) else None
     gain = None if at is None else difference(values_at(runs, split, metric, at),
-                                              values_at(baseline_runs, split, metric, at))
+                                              values_at(baseline_runs, split, metric, at), interval)
     return Comparison(key, baseline, metric, target, baseline_labels, reach, ratio, at, gain)

@@ -2,7 +2,8 @@
 
 `write_report(runs, out_dir)` writes:
 
-* `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy),
+* `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy; Student
+  t intervals by default, Gaussian ones as in the paper with `interval="gaussian"`),
   labels-to-reach and final gain against the baseline strategy, the most upsampled groups,
   links to every figure and table;
 * `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
@@ -37,6 +38,7 @@ from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, Cur
                                         curve_metrics, evaluated_splits, group_runs,
                                         learning_curve)
 from embedcache.analysis.output import prepare_out_dir, slug, write_csv, write_json
+from embedcache.analysis.stats import INTERVAL_TEXT, check_interval
 from embedcache.errors import ConfigError
 from embedcache.records import Run
 
@@ -57,7 +59,8 @@ class ReportConfig:
     labels-to-reach and the gain; groups: group specs for the acquisition analysis (default:
     every recorded column and label × column); allow_mixed: pool runs of one curve made on
     different features; max_panels: panels / bars per figure; top: most upsampled values listed
-    per curve."""
+    per curve; interval: "t" (Student t, the default) or "gaussian" (the paper's figures) 95 %
+    intervals, see `stats`."""
 
     split: str | None = None
     baseline: str | None = None
@@ -66,6 +69,7 @@ class ReportConfig:
     allow_mixed: bool = False
     max_panels: int = 16
     top: int = 5
+    interval: str = "t"
 
 
 @dataclasses.dataclass
@@ -107,6 +111,7 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     config = config or ReportConfig()
     if config.max_panels < 1 or config.top < 0:
         raise ConfigError("--max-panels must be at least 1 and --top at least 0")
+    interval = check_interval(config.interval)
     groups = group_runs(runs, config.allow_mixed)
     everything = [r for members in groups.values() for r in members]
     splits = evaluated_splits(everything)
@@ -121,15 +126,15 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     baseline = _baseline({k.strategy for k in groups}, config.baseline)
     notes = []
     recorded = {key: set(curve_metrics(members, split)) for key, members in groups.items()}
-    curves = {m: [learning_curve(key, members, split, m) for key, members in groups.items() if m in recorded[key]]
-              for m in metrics}
+    curves = {m: [learning_curve(key, members, split, m, interval) for key, members in groups.items()
+                  if m in recorded[key]] for m in metrics}
     comparisons = []
     for key, members in groups.items():
         if baseline is None or key.strategy == baseline:
             continue
         base = CurveKey(key.backbone, baseline)
         if base in groups:
-            comparisons.append(compare(key, members, base, groups[base], split, config.metric))
+            comparisons.append(compare(key, members, base, groups[base], split, config.metric, interval))
         else:
             notes.append(f"no {baseline!r} runs on {key.backbone!r}: {key.strategy!r} there is not compared")
     if baseline is None:
@@ -139,14 +144,14 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     ups: dict[str, list[Upsampling]] = {}
     for key, members in groups.items():
         for spec in config.groups or acquisition_specs(members):
-            ups.setdefault(spec, []).extend(upsampling(key, members, spec))
+            ups.setdefault(spec, []).extend(upsampling(key, members, spec, interval))
     ups = {spec: entries for spec, entries in ups.items() if entries}
     shown = {spec: most_acquired(entries, config.max_panels) for spec, entries in ups.items()}
     for spec, entries in ups.items():
         if len(shown[spec]) < len({u.value for u in entries}):
             notes.append(f"figures of {spec} show the {len(shown[spec])} values acquired most; the tables have all")
     cumulative = {spec: [c for key, members in groups.items() if any(u.key == key for u in ups[spec])
-                         for c in cumulative_upsampling(key, members, spec, shown[spec])] for spec in ups}
+                         for c in cumulative_upsampling(key, members, spec, shown[spec], interval)] for spec in ups}
     incomplete = [r for r in everything if not r.complete]
     if incomplete:
         notes.append(f"{len(incomplete)} run(s) are incomplete and count with the rounds they have, e.g. "
@@ -249,6 +254,7 @@ def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tabl
                        "final": final})
     return {
         "split": analysis.split, "baseline": analysis.baseline, "metric": analysis.config.metric,
+        "interval": analysis.config.interval,
         "runs": [{"record": os.path.relpath(r.path, out), "backbone": r.backbone, "strategy": r.strategy,
                   "seed": r.seed, "fingerprint": r.fingerprint, "rounds": len(r.rounds), "complete": r.complete}
                  for members in analysis.runs.values() for r in members],
@@ -266,7 +272,8 @@ def _markdown(summary: dict) -> str:
     own = [m for m in dict.fromkeys(m for c in summary["curves"] for m in c["final"]) if m not in HEADLINE_METRICS]
     shown = [m for m in HEADLINE_METRICS if any(m in c["final"] for c in summary["curves"])] + own
     lines = [f"# Active-learning report: {len(summary['runs'])} runs, split `{summary['split']}`", "",
-             "Means over seeds ± 95 % CI half-width (Gaussian approximation: 1.96 · sd / √seeds).", "",
+             f"Means over seeds ± the half-width of a 95 % confidence interval ({INTERVAL_TEXT[summary['interval']]}).",
+             "",
              "## Final metrics", "",
              "| backbone | strategy | seeds | labels | " + " | ".join(m.replace("_", " ") for m in shown) + " |",
              "|---" * (4 + len(shown)) + "|"]

@@ -1,13 +1,15 @@
-"""Statistics over seeds, as the paper reports them.
+"""Statistics over seeds.
 
-* A mean over seeds comes with a 95 % confidence interval from the Gaussian approximation:
-  mean ± 1.96 · sd / √n, sd the sample standard deviation (ddof 1). One seed has no interval.
-* A difference between two strategies (A − B) is paired when both were run on the same seeds
-  (the difference per seed, its mean ± 1.96 · sd / √n, and a paired t-test), and otherwise
-  unpaired (Welch: mean_A − mean_B ± 1.96 · √(sd_A²/n_A + sd_B²/n_B), and Welch's t-test).
-* Labels-to-reach walks a mean curve and linearly interpolates between the two evaluated rounds
-  around the first crossing of the target; a curve that never reaches it gives None: no
-  extrapolation beyond the last round.
+* A mean over seeds comes with a 95 % confidence interval. By default it is Student's t interval
+  (mean ± t(0.975, n − 1) · sd / √n, sd with ddof 1), which is right for the handful of seeds AL
+  studies run; `interval="gaussian"` gives the paper's "95 % CI (Gaussian approx.)", mean ± z · sd
+  / √n, to redraw its figures. One seed has no interval. scipy computes both.
+* A difference between two strategies (A − B) is paired when both were run on the same seeds:
+  the per-seed differences, their interval as above, and a paired t-test (scipy's `ttest_rel`,
+  whose confidence interval is the t interval). Otherwise it is unpaired: Welch's t-test (scipy's
+  `ttest_ind(equal_var=False)`) with its Welch–Satterthwaite interval, or the Gaussian one. So the
+  interval and the p-value of one comparison always tell the same story.
+* Labels-to-reach is "reach and stay": see `labels_to_reach`.
 """
 
 from __future__ import annotations
@@ -18,17 +20,44 @@ from typing import Sequence
 
 import numpy as np
 
-#: The 97.5 % quantile of the standard normal, rounded as in the paper's "95 % CI (Gaussian approx.)".
-Z95 = 1.96
+#: Interval kinds: "t" (default) or "gaussian" (the paper's figures).
+INTERVALS = ("t", "gaussian")
+CONFIDENCE = 0.95
+#: How each interval kind is described in reports.
+INTERVAL_TEXT = {
+    "t": "Student t interval: t(0.975, seeds − 1) · sd / √seeds (Welch–Satterthwaite for unpaired differences)",
+    "gaussian": "Gaussian approximation, as the paper: 1.96 · sd / √seeds",
+}
+
+
+def check_interval(interval: str) -> str:
+    if interval not in INTERVALS:
+        from embedcache.errors import ConfigError
+
+        raise ConfigError(f"unknown confidence interval {interval!r}; choose one of {list(INTERVALS)}")
+    return interval
 
 
 def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+def _half_width(scale: float, df: float, interval: str) -> float:
+    """Half the width of the 95 % interval of an estimate with standard error `scale`."""
+    from scipy import stats
+
+    if scale == 0:
+        return 0.0
+    if interval == "gaussian":
+        low, high = stats.norm.interval(CONFIDENCE, loc=0.0, scale=scale)
+    else:
+        low, high = stats.t.interval(CONFIDENCE, df, loc=0.0, scale=scale)
+    return float(high - low) / 2
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Mean of `n` values; `sd` (ddof 1) and `half_width` (1.96 · sd / √n) are None for one value."""
+    """Mean of `n` values; `sd` (ddof 1) and `half_width` (of the 95 % interval) are None for one value."""
 
     mean: float
     n: int
@@ -47,14 +76,16 @@ class Estimate:
         return {"mean": self.mean, "n": self.n, "sd": self.sd, "ci_low": self.low, "ci_high": self.high}
 
 
-def estimate(values: Sequence[float]) -> Estimate:
+def estimate(values: Sequence[float], interval: str = "t") -> Estimate:
+    """Mean of `values` with its 95 % interval of kind `interval` (see the module docstring)."""
     values = np.asarray(values, dtype=np.float64)
     if not len(values):
         raise ValueError("an estimate needs at least one value")
     if len(values) == 1:
         return Estimate(float(values[0]), 1, None, None)
     sd = float(values.std(ddof=1))
-    return Estimate(float(values.mean()), len(values), sd, Z95 * sd / math.sqrt(len(values)))
+    half = _half_width(sd / math.sqrt(len(values)), len(values) - 1, check_interval(interval))
+    return Estimate(float(values.mean()), len(values), sd, half)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,18 +110,18 @@ class Difference:
                 "p_value": self.p_value, "n_a": self.n_a, "n_b": self.n_b}
 
 
-def difference(a: Sequence[tuple[int, float]], b: Sequence[tuple[int, float]]) -> Difference:
+def difference(a: Sequence[tuple[int, float]], b: Sequence[tuple[int, float]], interval: str = "t") -> Difference:
     """A − B from (seed, value) pairs; paired when both sides hold the same seeds, each once."""
     from scipy import stats
 
+    check_interval(interval)
     seeds_a, seeds_b = [s for s, _ in a], [s for s, _ in b]
     if not a or not b:
         raise ValueError("a difference needs values on both sides")
     paired = sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a) and len(a) >= 2
     if paired:
         va, vb = np.array([v for _, v in sorted(a)]), np.array([v for _, v in sorted(b)])
-        diffs = va - vb
-        spread = estimate(diffs)
+        spread = estimate(va - vb, interval)
         result = stats.ttest_rel(va, vb) if spread.sd else None
         return Difference(spread.mean, spread.half_width, "paired t", _finite(result.statistic) if result else None,
                           _finite(result.pvalue) if result else None, len(va), len(vb))
@@ -99,9 +130,15 @@ def difference(a: Sequence[tuple[int, float]], b: Sequence[tuple[int, float]]) -
     if len(va) < 2 or len(vb) < 2:
         return Difference(mean, None, "Welch t", None, None, len(va), len(vb))
     se = math.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb))
-    result = stats.ttest_ind(va, vb, equal_var=False) if se > 0 else None
-    return Difference(mean, Z95 * se if se > 0 else None, "Welch t", _finite(result.statistic) if result else None,
-                      _finite(result.pvalue) if result else None, len(va), len(vb))
+    if se == 0:
+        return Difference(mean, None, "Welch t", None, None, len(va), len(vb))
+    result = stats.ttest_ind(va, vb, equal_var=False)
+    if interval == "t":
+        low, high = result.confidence_interval(CONFIDENCE)
+        half = float(high - low) / 2
+    else:
+        half = _half_width(se, math.inf, interval)
+    return Difference(mean, half, "Welch t", _finite(result.statistic), _finite(result.pvalue), len(va), len(vb))
 
 
 def labels_to_reach(n_labeled: Sequence[float], values: Sequence[float], target: float) -> float | None:
