@@ -19,7 +19,7 @@ from importlib import metadata
 
 import numpy as np
 
-from embedcache.acquisition import UNCERTAINTY_SCORES
+from embedcache.scoring import PROBABILITY_SCORES
 from embedcache.kernels import score_topk
 from embedcache.kernels.cpu import default_threads
 from embedcache.kernels.pool import cuda_status
@@ -74,7 +74,7 @@ def naive(xp, X, W, b, strategy: str, k: int):
     else:
         e = xp.exp(logits - logits.max(axis=1, keepdims=True))
         proba = e / e.sum(axis=1, keepdims=True)
-        scores = UNCERTAINTY_SCORES[strategy](proba) if xp is np else _gpu_formula(xp, strategy, proba)
+        scores = PROBABILITY_SCORES[strategy](proba) if xp is np else _gpu_formula(xp, strategy, proba)
     return xp.argsort(-scores)[:k]
 
 

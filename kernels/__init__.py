@@ -2,7 +2,7 @@
 
 `score_topk(X, W, b, strategy, k, ...)` ranks a pool (numpy, torch, CuPy or a streamed
 `EmbeddingCache`) without materialising its [N, C] probabilities; `predict_proba` and
-`predict_logits` give the same arithmetic for evaluation and for the unfused acquisition path.
+`predict_logits` give its arithmetic for evaluation and for the unfused acquisition path.
 """
 
 from embedcache.kernels.cpu import STRATEGIES

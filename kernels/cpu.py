@@ -1,16 +1,17 @@
 """The CPU path, and the arithmetic that defines every backend's scores.
 
-A row's score must not depend on which chunk, thread or backend computed it, or the top-k would
-change with the chunk size. BLAS does not promise that: OpenBLAS sums a dot product in a different
-order for a 7-row matrix than for a 1000-row one. So logits are computed in float32 by BLAS calls
-of one fixed shape, `blas_rows(D)` rows × D @ D × C (the last block zero-padded), each on a single
-BLAS thread; the chunk's rows are then processed class-major ([C, m]) with element-wise numpy, and
-scored by the formulas of `embedcache.acquisition`, which give a row the same bits however many rows
-are scored with it. The tests check this (chunk sizes, threads, subsets, predict_proba).
+Logits are float32 BLAS products of one chunk of rows at a time, processed class-major ([C, m], so
+every class's values are contiguous) with element-wise numpy, then scored by the formulas of
+`embedcache.scoring`. The same pool, candidates and chunking give the same bits on one machine;
+BLAS promises nothing across kernels or matrix shapes (OpenBLAS sums a row's dot product in a
+different order for another number of rows, or under another `OPENBLAS_CORETYPE`), so across
+chunkings and machines scores agree only within the contract's tolerance (see kernels/README.md).
 
-Chunks are scored in parallel on a thread pool (numpy and BLAS release the GIL), each chunk keeps
-its own top-k, and the main thread merges them with `acquisition.top_k`: memory stays bounded by
-(threads + 1) chunks whatever N is.
+Chunks are scored in parallel on a thread pool (numpy and BLAS release the GIL; each BLAS call
+runs on one thread), each chunk keeps its own top-k, and the main thread merges them with
+`scoring.top_k`: memory stays bounded by (threads + 1) chunks whatever N is. The chunk size is a
+function of the pool's width and dtype, the number of candidates and the thread count only, so a
+resumed run or a worker process scores exactly as an uninterrupted one-process run on that machine.
 """
 
 from __future__ import annotations
@@ -25,30 +26,23 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from embedcache.acquisition import UNCERTAINTY_SCORES, row_sum, top_k
 from embedcache.errors import ConfigError
+from embedcache.scoring import LOGIT_SCORES, PROBABILITY_SCORES, row_sum, top_k
 from embedcache.kernels.pool import Pool, to_host
 
-#: Strategies the scorer knows: the probability formulas of `embedcache.acquisition`, and max-logit
-#: (score -max_c logit_c: a low top logit is uncertain), which reads the logits.
-STRATEGIES = (*UNCERTAINTY_SCORES, "max-logit")
+#: Strategies the scorer knows: every uncertainty score of `embedcache.scoring`.
+STRATEGIES = (*PROBABILITY_SCORES, *LOGIT_SCORES)
 
-#: Bytes of X per BLAS call (a block stays in L2) and per chunk handed to a thread.
-_BLOCK_BYTES = 1 << 18
+#: Bytes of X per chunk handed to a thread, and the row multiple chunks are rounded to.
 _CHUNK_BYTES = 1 << 25
-
-
-def blas_rows(dim: int) -> int:
-    """Rows per BLAS call: a function of the width only, so a row's logits never depend on its chunk."""
-    return int(min(1024, max(64, (_BLOCK_BYTES // (4 * dim)) // 32 * 32)))
+_ROW_ALIGN = 256
 
 
 def default_chunk_rows(dim: int, itemsize: int, rows: int, threads: int) -> int:
     """About 32 MiB of X per chunk, or less so that `rows` rows still give every thread a chunk."""
-    block = blas_rows(dim)
-    largest = max(block, (_CHUNK_BYTES // (dim * itemsize)) // block * block)
+    largest = max(_ROW_ALIGN, (_CHUNK_BYTES // (dim * itemsize)) // _ROW_ALIGN * _ROW_ALIGN)
     balanced = -(-max(rows, 1) // threads)
-    return min(largest, -(-balanced // block) * block)
+    return min(largest, -(-balanced // _ROW_ALIGN) * _ROW_ALIGN)
 
 
 def default_threads() -> int:
@@ -86,21 +80,8 @@ class LinearHead:
         return self.weight.shape[1]
 
     def logits_t(self, x: np.ndarray) -> np.ndarray:
-        """Class-major float32 logits [C, m] of the rows of x [m, D] (any float dtype)."""
-        block = blas_rows(self.weight.shape[0])
-        m, d = x.shape
-        full = m // block * block
-        out = np.empty((-(-m // block), block, self.num_classes), dtype=np.float32)
-        if full:
-            head = x[:full]
-            if head.dtype != np.float32 or not head.flags.c_contiguous:
-                head = np.ascontiguousarray(head, dtype=np.float32)
-            np.matmul(head.reshape(-1, block, d), self.weight, out=out[:full // block])
-        if full < m:
-            tail = np.zeros((1, block, d), dtype=np.float32)
-            tail[0, :m - full] = x[full:]
-            np.matmul(tail, self.weight, out=out[full // block:])
-        logits = np.ascontiguousarray(out.reshape(-1, self.num_classes)[:m].T)
+        """Class-major float32 logits [C, m] of the rows of x [m, D] (any float dtype): one BLAS call."""
+        logits = np.matmul(self.weight.T, np.asarray(x, dtype=np.float32).T)
         logits += self.bias[:, None]
         return logits
 
@@ -116,9 +97,9 @@ def softmax_t_(logits: np.ndarray) -> np.ndarray:
 def chunk_scores(head: LinearHead, x: np.ndarray, strategy: str) -> np.ndarray:
     """float32 scores of the rows of x, higher = acquire first (the definition every backend matches)."""
     logits = head.logits_t(x)
-    if strategy == "max-logit":
-        return -np.maximum.reduce(logits, axis=0)
-    return UNCERTAINTY_SCORES[strategy](softmax_t_(logits).T)
+    if strategy in LOGIT_SCORES:
+        return LOGIT_SCORES[strategy](logits.T)
+    return PROBABILITY_SCORES[strategy](softmax_t_(logits).T)
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,7 +111,7 @@ def _blas_controller():
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """One BLAS thread per call (process-wide while inside): fixed arithmetic, and no oversubscription."""
+    """One BLAS thread per call (process-wide while inside): the chunks already keep every core busy."""
     with _blas_controller().limit(limits=1, user_api="blas"):
         yield
 

@@ -2,7 +2,7 @@
 
 CuPy arrays and torch CUDA tensors are scored on the GPU (when CuPy sees a device), numpy arrays,
 torch CPU tensors and caches on the CPU unless backend="cuda" asks for the GPU. Both backends
-return the same indices and the same scores (see `embedcache.kernels.cuda`).
+agree up to ties (the determinism contract: kernels/README.md).
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ def score_topk(
     X [N, D] (float16/float32; numpy, torch, CuPy, or an `EmbeddingCache`, streamed in chunks),
     W [D, C], b [C]; `strategy` one of `STRATEGIES`; `rows` the candidate row indices (default:
     all); `exclude` a boolean mask [N] of rows never to pick. Ties are ordered by
-    `acquisition.tie_priority(row, seed)`. Returns (row indices into X as int64, float32 scores),
-    exactly `top_k(score(predict_proba(X, W, b, rows)), rows, k, seed)` for every backend and chunk
-    size. `threads` (CPU, default: all cores) and `chunk_rows` tune speed and memory only.
+    `scoring.tie_priority(row, seed)`. Returns (row indices into X as int64, float32 scores):
+    `top_k(score(predict_proba(X, W, b, rows)), rows, k, seed)` up to ties, for every backend and
+    chunk size, and bit for bit for the same arguments on one machine (the determinism contract,
+    kernels/README.md). `threads` (CPU, default: all cores) and `chunk_rows` tune speed and memory.
     `tie_keys` [N] (unique integers) replaces the row index in the tie rule when X is a block of a
-    larger table: pass the rows' numbers in that table to rank exactly as scoring the table would.
+    larger table: pass the rows' numbers in that table so ties break as scoring the table would.
     """
     if strategy not in cpu.STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; the scorer knows {list(cpu.STRATEGIES)}")
@@ -111,7 +112,8 @@ def predict_proba(X: Any, W: Any, b: Any, rows: Any = None, chunk_rows: int | No
     """Class probabilities softmax(X[rows] @ W + b), float32 [n, C], rows in the order given.
 
     The scorer's own arithmetic (on the CPU, whatever the input), so the acquisition formulas on
-    this output reproduce `score_topk`'s scores bit for bit. The array is column-major.
+    this output give `score_topk`'s scores (up to the contract's tolerance when the rows are
+    chunked differently). The array is column-major.
     """
     return _predict(X, W, b, rows, chunk_rows, threads, proba=True)
 

@@ -1,9 +1,8 @@
 // Fused uncertainty scoring for embedcache.kernels (compiled at run time by CuPy's NVRTC, see cuda.py).
 //
 // One warp per row: logits -> softmax -> score -> exclusion mask, kept in registers and shared
-// memory, so the [N, C] probability matrix is never written to global memory. Every kernel also
-// reports the row's L2 norm, from which cuda.py bounds the difference between these float32
-// scores and the CPU's (the reference); rows within that bound of the top-k are rescored on the CPU.
+// memory, so the [N, C] probability matrix is never written to global memory. The scores agree
+// with the CPU path's up to float32 rounding (kernels/README.md, the determinism contract).
 //
 // Strategy codes: 0 least-confidence, 1 entropy, 2 margin, 3 max-logit.
 // fp16 embeddings arrive as their raw 16-bit patterns (unsigned short), converted exactly to float.
@@ -68,7 +67,7 @@ __device__ float warp_score(const float* z, const float* bias, int C, int strate
 template <typename T, int C>
 __global__ void fused_scores(const T* __restrict__ x, long long n, int d, const float* __restrict__ w,
                              const float* __restrict__ b, const unsigned char* __restrict__ excluded,
-                             int strategy, float* __restrict__ score, float* __restrict__ norm) {
+                             int strategy, float* __restrict__ score) {
     __shared__ float logits[WARPS_PER_BLOCK][C];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -78,11 +77,9 @@ __global__ void fused_scores(const T* __restrict__ x, long long n, int d, const 
         float acc[C];
 #pragma unroll
         for (int c = 0; c < C; ++c) acc[c] = 0.f;
-        float sq = 0.f;
         for (int j = lane; j < d; j += 32) {
             const float v = to_float(xr[j]);
             const float* wj = w + (long long)j * C;
-            sq = fmaf(v, v, sq);
 #pragma unroll
             for (int c = 0; c < C; ++c) acc[c] = fmaf(v, wj[c], acc[c]);
         }
@@ -91,13 +88,9 @@ __global__ void fused_scores(const T* __restrict__ x, long long n, int d, const 
             const float total = warp_sum(acc[c]);
             if (lane == c) logits[warp][c] = total + b[c];
         }
-        sq = warp_sum(sq);
         __syncwarp();
         const float s = warp_score(logits[warp], nullptr, C, strategy);
-        if (lane == 0) {
-            score[row] = (excluded != nullptr && excluded[row]) ? NEG_INF : s;
-            norm[row] = sqrtf(sq);
-        }
+        if (lane == 0) score[row] = (excluded != nullptr && excluded[row]) ? NEG_INF : s;
         __syncwarp();
     }
 }
@@ -110,21 +103,5 @@ extern "C" __global__ void logit_scores(const float* __restrict__ z, long long n
     for (long long row = (long long)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5); row < n; row += stride) {
         const float s = warp_score(z + row * C, b, C, strategy);
         if (lane == 0) score[row] = (excluded != nullptr && excluded[row]) ? NEG_INF : s;
-    }
-}
-
-template <typename T>
-__global__ void row_norms(const T* __restrict__ x, long long n, int d, float* __restrict__ norm) {
-    const int lane = threadIdx.x & 31;
-    const long long stride = (long long)gridDim.x * WARPS_PER_BLOCK;
-    for (long long row = (long long)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5); row < n; row += stride) {
-        const T* xr = x + row * d;
-        float sq = 0.f;
-        for (int j = lane; j < d; j += 32) {
-            const float v = to_float(xr[j]);
-            sq = fmaf(v, v, sq);
-        }
-        sq = warp_sum(sq);
-        if (lane == 0) norm[row] = sqrtf(sq);
     }
 }

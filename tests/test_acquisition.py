@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedcache.acquisition import (STRATEGIES, create_strategy, entropy, least_confidence, margin, tie_priority,
-                                    top_k)
+from embedcache.acquisition import STRATEGIES, create_strategy
 from embedcache.errors import ConfigError
+from embedcache.scoring import entropy, least_confidence, margin, tie_priority, top_k, topk_disagreement
 
 P = np.array([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
 
@@ -79,3 +79,14 @@ def test_every_strategy_conforms(name):
 def test_unknown_strategy_lists_known_ones():
     with pytest.raises(ConfigError, match="unknown strategy 'least-confident'.*Did you mean least-confidence"):
         create_strategy("least-confident")
+
+
+def test_topk_disagreement_allows_only_near_ties():
+    rows, scores = np.array([4, 7, 9]), np.array([0.9, 0.5, 0.4], dtype=np.float32)
+    assert topk_disagreement((rows, scores), (rows, scores)) is None
+    near = np.array([0.9, 0.5, 0.4 + 4e-6], dtype=np.float32)
+    assert topk_disagreement((rows, scores), (np.array([4, 7, 2]), near)) is None  # a near-tie at the cut
+    assert topk_disagreement((rows, scores), (np.array([7, 4, 9]), np.array([0.9, 0.5, 0.4]))) is not None
+    assert "chosen by one side only" in topk_disagreement((rows, scores), (np.array([4, 2, 9]), scores))
+    assert "differ" in topk_disagreement((rows, scores), (rows, scores + [0, 0.01, 0]))
+    assert "rows vs" in topk_disagreement((rows, scores), (rows[:2], scores[:2]))

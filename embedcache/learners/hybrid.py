@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedcache.acquisition import UNCERTAINTY_SCORES, top_k
+from embedcache.scoring import PROBABILITY_SCORES, top_k
 
 
 class HybridLearner:
@@ -46,4 +46,4 @@ class HybridLearner:
         fused = getattr(self.scorer, "top_k", None)
         if fused is not None:
             return fused(candidates, strategy, k, seed)
-        return top_k(UNCERTAINTY_SCORES[strategy](self.scorer.predict_proba(candidates)), candidates, k, seed)
+        return top_k(PROBABILITY_SCORES[strategy](self.scorer.predict_proba(candidates)), candidates, k, seed)

@@ -18,8 +18,9 @@ Warm start: when the labelled rows extend the previous fit's rows (the AL loop a
 acquisitions), the dual variables (or weights) of the last fit are the starting point, and the
 Gram matrix is extended rather than recomputed.
 
-Probabilities and pool ranking go through `embedcache.kernels` (one arithmetic for both, so the
-fused `top_k` equals scoring `predict_proba`), on contiguous copies of the pool and evaluation rows.
+Probabilities and pool ranking go through `embedcache.kernels`, on contiguous copies of the pool
+and evaluation rows; the fused `top_k` agrees with scoring `predict_proba` up to ties (the
+determinism contract of `embedcache.scoring`).
 """
 
 from __future__ import annotations
@@ -205,13 +206,13 @@ class LinearLearner:
 
     def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The acquisition's fused path: the pool ranked by `embedcache.kernels.score_topk` without
-        materialising its probabilities; exactly what scoring `predict_proba(candidates)` gives."""
-        from embedcache.acquisition import UNCERTAINTY_SCORES, top_k
+        materialising its probabilities; what scoring `predict_proba(candidates)` gives, up to ties."""
         from embedcache.kernels import score_topk
+        from embedcache.scoring import PROBABILITY_SCORES, top_k
 
         candidates = np.asarray(candidates, dtype=np.int64)
         if len(self.classes_) == 1:  # every candidate is certain: the tie rule alone orders them
-            return top_k(UNCERTAINTY_SCORES[strategy](self.predict_proba(candidates)), candidates, k, seed)
+            return top_k(PROBABILITY_SCORES[strategy](self.predict_proba(candidates)), candidates, k, seed)
         if self._pool is not None and (self._pool[1][candidates] >= 0).all():
             # score the contiguous pool block, the others masked (no gather when most are candidates);
             # ties hash the rows' numbers in the whole table, as scoring it directly would
