@@ -44,6 +44,9 @@ class EvalSpec:
         unknown = sorted(set(self.metrics) - set(EXTRA_METRICS))
         if unknown:
             raise ConfigError(f"unknown metric(s) {unknown}; known: {list(EXTRA_METRICS)}")
+        for group, q in self.percentiles:
+            if not 0 <= q <= 100:
+                raise ConfigError(f"--percentile {group}:{q:g}: the percentile must lie in 0..100")
 
     def check(self, metadata: Metadata) -> None:
         """Raise ConfigError if a group spec names a column the data does not have."""

@@ -43,6 +43,11 @@ class Protocol:
             raise ConfigError("--budget must be >= 0 and --per-round sizes >= 1")
         if self.pool_size is not None and self.pool_size < 1:
             raise ConfigError("--pool-size must be at least 1")
+        largest = max(self.schedule(), default=0)
+        if self.pool_size is not None and self.pool_size < largest:
+            raise ConfigError(f"--pool-size {self.pool_size} is smaller than the largest batch ({largest} per round): "
+                              "each round acquires its batch from the examples it scores, so the pool size must be "
+                              f"at least {largest}")
         if self.eval_every < 1:
             raise ConfigError("--eval-every must be at least 1")
         if not self.eval_splits:
