@@ -28,12 +28,12 @@ def main() -> None:
 
 
 # One import and one entry in the tuple per command module.
-from embedcache.cli.al_command import al  # noqa: E402
+from embedcache.cli.al_command import al, repair  # noqa: E402
 from embedcache.cli.analysis_commands import report, separability, tsne  # noqa: E402
 from embedcache.cli.cache_commands import extract, info, merge  # noqa: E402
 from embedcache.cli.dataset_commands import datasets  # noqa: E402
 from embedcache.cli.demo_command import demo  # noqa: E402
 from embedcache.cli.neighbors_commands import neighbors  # noqa: E402
 
-for command in (demo, extract, merge, info, datasets, al, report, separability, tsne, neighbors):
+for command in (demo, extract, merge, info, datasets, al, repair, report, separability, tsne, neighbors):
     main.add_command(command)

@@ -160,3 +160,37 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
                         on_round=None if quiet else on_round, on_run=lambda run, done, n: runs_bar(done, n))
     if is_main_process():
         click.echo(f"{len(runs)} of {total} runs complete in {out}")
+
+
+@click.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path(path_type=Path))
+def repair(records):
+    """Make run records with a broken line resumable again.
+
+    RECORDS are run-record files or folders of them. For each record with a line that is not what a
+    record holds (two writers at once, a disk error), keeps the header and the intact rounds before
+    that line and saves the whole original beside it as <record>.broken (nothing is lost); rerunning
+    the same `embedcache al` command then resumes the run there. A record whose header is broken is
+    moved there whole and its run starts again. Intact records are left alone:
+
+      embedcache repair runs/wb-bitm/
+    """
+    from embedcache.records import RecordError, repair_run, rounds_text
+
+    files = []
+    for path in records:
+        found = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        if not found:
+            raise RecordError(f"{path}: no run records (*.jsonl) in this folder")
+        files += found
+    for path in files:
+        fixed = repair_run(path)
+        if fixed.backup is None:
+            click.echo(f"{path}: intact (header and {fixed.rounds_kept} rounds), left as it is")
+        elif not fixed.header_kept:
+            click.echo(f"{path}: {fixed.problem}; no intact header, so the record was moved to {fixed.backup}; "
+                       "rerunning `embedcache al` starts this run again from round 0")
+        else:
+            click.echo(f"{path}: {fixed.problem}; kept the header and {rounds_text(fixed.rounds_kept)}, dropped "
+                       f"{fixed.lines_dropped} line(s) (the original is saved as {fixed.backup}); rerun the same "
+                       f"`embedcache al` command to resume at round {fixed.rounds_kept}")

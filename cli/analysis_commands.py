@@ -47,8 +47,12 @@ def report(runs, out, split, baseline, metric, groups, allow_mixed, max_panels, 
     config = ReportConfig(split=split, baseline=baseline, metric=metric, groups=tuple(groups),
                           allow_mixed=allow_mixed, max_panels=max_panels, top=top, interval=interval)
     loaded = read_runs(runs)
-    with progress_bar("figures", "fig", enabled=not quiet) as bar:
-        summary = write_report(loaded, out, config, progress=bar)
+    try:
+        with progress_bar("figures", "fig", enabled=not quiet) as bar:
+            summary = write_report(loaded, out, config, progress=bar)
+    except OSError as e:  # e.g. the disk filled up, or the folder became read-only, while writing
+        what = e.filename or "the report"
+        raise click.ClickException(f"--out {out}: cannot write {what} ({e.strerror or e})") from None
     click.echo(f"{len(summary['runs'])} runs, {len(summary['curves'])} curves on {summary['split']}: "
                f"{out / 'summary.md'}")
 

@@ -10,23 +10,32 @@ evaluating with a linear head on a cache instead, the hybrid modes).
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
+import functools
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from embedcache.acquisition import create_strategy
 from embedcache.cache import EmbeddingCache
 from embedcache.errors import ConfigError
+from embedcache.faults import crash_point
 from embedcache.learners import distributed
 from embedcache.learners.finetune import FinetuneOptions, Progress
 from embedcache.learners.linear import LinearConfig, LinearLearner
-from embedcache.loop import open_record, run_al
+from embedcache.loop import NonfiniteRows, Plan, describe, execute, plan_run, run_al
 from embedcache.metadata import Metadata
 from embedcache.protocols import Protocol
 from embedcache.recipe import recipe_label
-from embedcache.records import Run, read_run
+from embedcache.records import RecordLock, Run, read_run
 
 #: on_round(strategy, seed, record, n_rounds): after each round (single-process runs only).
 OnRound = Callable[[str, int, dict, int], None]
@@ -36,15 +45,37 @@ OnRun = Callable[[Run, int, int], None]
 
 @dataclasses.dataclass
 class Session:
-    """What every run of an experiment shares inside one process. `serve` is set on the ranks
-    other than 0 of a torchrun launch: they serve rank 0's learner instead of running the grid.
-    `close` is called once the grid is done."""
+    """What every run of an experiment shares inside one process: the metadata, the features'
+    description (`source`), the learner's (`learner_description`, its `describe()`),
+    `make_learner` (None in a session opened without learners), and `nonfinite_rows` (rows whose
+    features hold NaN/inf; None when the experiment holds no such numbers). `serve` is set on the
+    ranks other than 0 of a torchrun launch: they serve rank 0's learner instead of running the
+    grid. `close` is called once the grid is done."""
 
     metadata: Metadata
     source: dict
-    make_learner: Callable[[], object]
+    learner_description: dict
+    make_learner: Callable[[], object] | None
+    nonfinite_rows: NonfiniteRows | None = None
     serve: Callable[[], None] | None = None
     close: Callable[[], None] = lambda: None
+
+
+def _nonfinite(blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The rows, from (rows, values) blocks, whose values hold NaN or infinities."""
+    return np.concatenate([np.zeros(0, np.int64), *(rows[~np.isfinite(values).all(axis=1)] for rows, values in blocks)])
+
+
+def _blocks(features: np.ndarray, rows: np.ndarray, size: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(rows), size):
+        part = rows[start:start + size]
+        yield part, features[part]
+
+
+def _nonfinite_in_cache(path: Path, rows: np.ndarray) -> np.ndarray:
+    """`_nonfinite` over a cache's rows read a block at a time (bounded memory)."""
+    with EmbeddingCache(path) as cache:
+        return _nonfinite(cache.iter_chunks(rows))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,16 +85,22 @@ class LinearExperiment:
     cache: Path
     learner: LinearConfig = LinearConfig()
 
-    def open(self) -> Session:
+    def open(self, learners: bool = True) -> Session:
+        """The cache's metadata, and its features in memory for the learners; without `learners`
+        (the parent of worker processes) the features stay on disk and are checked a block at a time."""
         with EmbeddingCache(self.cache) as cache:
             cache.require_complete()
-            features = cache.embeddings(dtype=np.float32)
             metadata = cache.metadata()
             source = {"fingerprint": cache.fingerprint, "backbone": recipe_label(cache.recipe),
                       "data": cache.dataset.get("manifest_sha256") or metadata.fingerprint(),
                       "cache": str(Path(self.cache).resolve()), "dataset": cache.dataset}
-        num_classes = metadata.num_classes
-        return Session(metadata, source, lambda: LinearLearner(features, num_classes, self.learner))
+            features = cache.embeddings(dtype=np.float32) if learners else None
+        if features is None:
+            return Session(metadata, source, self.learner.describe(), None,
+                           functools.partial(_nonfinite_in_cache, Path(self.cache)))
+        num_classes, config = metadata.num_classes, self.learner
+        return Session(metadata, source, config.describe(), lambda: LinearLearner(features, num_classes, config),
+                       lambda rows: _nonfinite(_blocks(features, rows)))
 
 
 def aligned_features(cache_path: str | Path, metadata: Metadata) -> tuple[np.ndarray, dict]:
@@ -128,7 +165,9 @@ class FinetuneExperiment:
         if "linear" in roles and self.cache is None:
             raise ConfigError("--score-with linear / --mode linear with finetune scoring need --cache")
 
-    def open(self) -> Session:
+    def open(self, learners: bool = True) -> Session:
+        """The dataset, backbone and learner (always made, `learners` notwithstanding: the learner's
+        description names the backbone's starting point)."""
         from embedcache.backbones import create_backbone
         from embedcache.datasets import create_dataset
         from embedcache.learners.finetune import FinetuneLearner, default_recipe
@@ -157,8 +196,9 @@ class FinetuneExperiment:
             return HybridLearner(*pair, linear_features=source["linear"]["fingerprint"])
 
         follower = finetune.context.rank != 0
-        return Session(metadata, source, make_learner, serve=finetune.serve if follower else None,
-                       close=finetune.close)
+        nonfinite = None if features is None else (lambda rows: _nonfinite(_blocks(features, rows)))
+        return Session(metadata, source, describe(make_learner()), make_learner, nonfinite,
+                       serve=finetune.serve if follower else None, close=finetune.close)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -168,6 +208,8 @@ def parse_seeds(text: str) -> list[int]:
         start, dash, stop = part.strip().partition("-")
         if not start.isdigit() or (dash and not stop.isdigit()):
             raise ConfigError(f"--seeds {text!r}: expected numbers and ranges like 0-15 or 1,11")
+        if dash and int(stop) < int(start):
+            raise ConfigError(f"--seeds {text!r}: the range {part.strip()} runs backwards; write {stop}-{start}")
         seeds += list(range(int(start), int(stop) + 1)) if dash else [int(start)]
     return sorted(dict.fromkeys(seeds))
 
@@ -175,63 +217,119 @@ def parse_seeds(text: str) -> list[int]:
 def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: Sequence[int], out_dir: str | Path,
              *, jobs: int = 1, on_round: OnRound | None = None, on_run: OnRun | None = None) -> list[Run]:
     """Run every (strategy, seed); with jobs > 1 in that many worker processes (per-round callbacks
-    are then not available, `on_run` still is). Finished records are read back, not rerun."""
+    are then not available, `on_run` still is). Finished records are read back, not rerun.
+
+    Every run is checked first (options, protocol against the data, features, strategies, records
+    of another configuration, records another process writes, a folder that cannot be written),
+    so a bad grid fails before its first byte is written; a record's header is written when its
+    run starts. With jobs > 1 this process never loads the features: the workers do, and they end
+    with it, however it ends.
+    """
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     if jobs > 1 and distributed.world_size() > 1:
         raise ConfigError("--jobs > 1 cannot be combined with torchrun: the processes already share one run")
-    tasks = [(s, seed) for s in strategies for seed in seeds]
-    session = experiment.open()
+    if not strategies or not seeds:
+        raise ConfigError("no runs to make: give at least one --strategy and one seed")
+    for strategy in strategies:
+        create_strategy(strategy)  # every name, before anything is opened
+    finished: list[Run] = []
+    total = len(strategies) * len(seeds)
+
+    def done(run: Run) -> None:
+        finished.append(run)
+        if on_run:
+            on_run(run, len(finished), total)
+        crash_point("grid.run-finished")
+
+    parallel = jobs > 1
+    session = experiment.open(learners=not parallel)
     if session.serve is not None:  # a torchrun follower: rank 0 drives the runs, this process helps
         session.serve()
         session.close()
         return []
     try:
-        finished: list[Run] = []
-        todo = []
-        for strategy, seed in tasks:  # a finished record counts only if its configuration is this one
-            _, _, writer = open_record(session.make_learner(), session.metadata, protocol, strategy, seed, out_dir,
-                                       session.source)
-            if writer.complete:
-                finished.append(read_run(writer.path))
-                if on_run:
-                    on_run(finished[-1], len(finished), len(tasks))
-            else:
-                todo.append((strategy, seed))
-        if jobs == 1 or len(todo) <= 1:
-            for strategy, seed in todo:
+        plan = Plan.make(protocol, session.metadata, session.nonfinite_rows)
+        runs = [plan_run(plan, session.learner_description, strategy, seed, out_dir, session.source)
+                for strategy in strategies for seed in seeds]
+        todo = [run for run in runs if not run.complete]
+        for run in todo:  # a read-only folder or a record another process writes: refused before any write
+            with RecordLock(run.path):
+                pass
+        for run in runs:
+            if run.complete:
+                done(run.existing)
+        if not parallel:
+            for run in todo:
                 report = None if on_round is None else (
-                    lambda record, n_rounds, s=strategy, q=seed: on_round(s, q, record, n_rounds))
-                finished.append(run_al(session.make_learner(), session.metadata, protocol, strategy, seed, out_dir,
-                                       source=session.source, on_round=report))
-                if on_run:
-                    on_run(finished[-1], len(finished), len(tasks))
+                    lambda record, n_rounds, s=run.strategy, q=run.seed: on_round(s, q, record, n_rounds))
+                done(execute(run, session.make_learner(), report))
             return finished
+        left = [(run.strategy, run.seed) for run in todo]
     finally:
         session.close()
-    context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
-    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context,
-                                                initializer=_open_worker, initargs=(experiment,)) as pool:
-        futures = [pool.submit(_run_in_worker, protocol, strategy, seed, str(out_dir)) for strategy, seed in todo]
-        for future in concurrent.futures.as_completed(futures):
-            finished.append(read_run(future.result()))
-            if on_run:
-                on_run(finished[-1], len(finished), len(tasks))
+    del session, plan, runs, todo  # the workers hold what they need; this process keeps nothing large
+    if left:
+        _run_in_workers(experiment, protocol, left, out_dir, jobs, done)
     return finished
 
 
-_worker_session: Session | None = None
+def _run_in_workers(experiment, protocol: Protocol, runs: list[tuple[str, int]], out_dir: str | Path, jobs: int,
+                    done: Callable[[Run], None]) -> None:
+    context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, initializer=_start_worker,
+                                                initargs=(os.getpid(), experiment)) as pool:
+        futures = [pool.submit(_run_in_worker, protocol, strategy, seed, str(out_dir)) for strategy, seed in runs]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                done(read_run(future.result()))
+        except BaseException:
+            for future in futures:  # no new runs start; those running finish their records
+                future.cancel()
+            raise
 
 
-def _open_worker(experiment) -> None:
+#: Seconds between a worker's checks that its parent is alive, where the OS cannot tell it.
+_PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_worker: dict = {}
+
+
+def _start_worker(parent: int, experiment) -> None:
+    """Worker initializer: end with the parent, one thread per worker (they share the cores); the
+    experiment is opened by the first run, so an error there reaches the parent as that run's."""
+    _exit_with_parent(parent)
     import torch
 
-    global _worker_session
-    torch.set_num_threads(1)  # the processes share the cores
-    _worker_session = experiment.open()
+    torch.set_num_threads(1)
+    _worker["experiment"] = experiment
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process as soon as `parent` ends, however it ends (kill -9 included), so no orphan
+    keeps appending to records that a rerun then writes too.
+
+    Linux: the kernel sends SIGKILL when the thread that started this process exits;
+    ProcessPoolExecutor starts its workers from the thread that submits the runs, which waits in
+    `run_grid` until they are done. Elsewhere, and as a backstop, a daemon thread watches the
+    parent's pid.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _run_in_worker(protocol: Protocol, strategy: str, seed: int, out_dir: str) -> str:
-    session = _worker_session
+    if "session" not in _worker:
+        _worker["session"] = _worker["experiment"].open()
+    session = _worker["session"]
     run = run_al(session.make_learner(), session.metadata, protocol, strategy, seed, out_dir, source=session.source)
     return str(run.path)

@@ -20,11 +20,11 @@ import numpy as np
 
 from embedcache.acquisition import create_strategy
 from embedcache.cache import library_versions
-from embedcache.errors import ConfigError
+from embedcache.errors import CacheError, ConfigError
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
-from embedcache.records import Run, RunWriter, read_run, record_path
+from embedcache.records import Run, RunWriter, check_identity, read_existing, read_run, record_path
 
 #: on_round(record, n_rounds): called after each round is written.
 OnRound = Callable[[dict, int], None]
@@ -64,6 +64,10 @@ def seed_set(labels: np.ndarray, rows: np.ndarray, size: int, balanced: bool, rn
     return np.sort(np.concatenate(chosen))
 
 
+#: nonfinite_rows(rows): the subset of `rows` (sorted) whose features hold NaN or infinite values.
+NonfiniteRows = Callable[[np.ndarray], np.ndarray]
+
+
 @dataclasses.dataclass
 class Plan:
     """A protocol checked against the data: the rows every round uses, before any file is written."""
@@ -75,13 +79,20 @@ class Plan:
     evaluation_metadata: dict[str, Metadata]
 
     @classmethod
-    def make(cls, protocol: Protocol, metadata: Metadata) -> "Plan":
+    def make(cls, protocol: Protocol, metadata: Metadata, nonfinite_rows: NonfiniteRows | None = None) -> "Plan":
+        """Check the protocol against the data (and, given `nonfinite_rows`, that the features of every
+        row the run uses are finite); raise a ConfigError or CacheError naming what is wrong."""
         pool = metadata.split_indices(protocol.pool_split)
         unknown = pool[metadata.label[pool] < 0]
         if len(unknown):
             raise ConfigError(f"{len(unknown)} example(s) of the pool split {protocol.pool_split!r} have no label "
                               f"(-1), e.g. id {metadata.ids[unknown[0]]!r}; AL needs the pool's labels to simulate "
                               "the annotator")
+        classes = np.unique(metadata.label[pool])
+        if len(classes) == 1:
+            name = metadata.label_names[classes[0]] if metadata.label_names else str(classes[0])
+            raise ConfigError(f"every example of the pool split {protocol.pool_split!r} has the label {name!r}: a run "
+                              "needs at least two classes to learn from; check the labels (`embedcache info`)")
         needed = protocol.seed_size + protocol.budget
         if needed > len(pool):
             raise ConfigError(f"seed set {protocol.seed_size} + budget {protocol.budget} = {needed} examples, but the "
@@ -95,7 +106,20 @@ class Plan:
                 raise ConfigError(f"evaluation split {split!r} has examples without labels")
             evaluation[split] = rows
         protocol.evaluation.check(metadata)
-        return cls(protocol, metadata, pool, evaluation, {k: metadata.take(v) for k, v in evaluation.items()})
+        plan = cls(protocol, metadata, pool, evaluation, {k: metadata.take(v) for k, v in evaluation.items()})
+        if nonfinite_rows is not None:
+            plan.require_finite(nonfinite_rows)
+        return plan
+
+    def require_finite(self, nonfinite_rows: NonfiniteRows) -> None:
+        """Refuse features with NaN or infinite values in the pool or evaluation rows, naming their ids."""
+        used = np.unique(np.concatenate([self.pool, *self.evaluation.values()]))
+        bad = np.asarray(nonfinite_rows(used), dtype=np.int64)
+        if len(bad):
+            splits = ", ".join(dict.fromkeys([self.protocol.pool_split, *self.evaluation]))
+            raise CacheError(f"{len(bad)} example(s) of the splits this run uses ({splits}) have NaN or infinite "
+                             f"embedding values, e.g. ids {self.metadata.ids[bad[:5]].tolist()}; find them all with "
+                             "`embedcache info --check CACHE` and extract those examples again")
 
     def header_groups(self) -> list[str]:
         """Columns whose values are recorded for every acquisition."""
@@ -118,25 +142,51 @@ class Plan:
         return result
 
 
-def open_record(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path,
-                source: dict) -> tuple[Plan, np.ndarray, RunWriter]:
-    """Check the protocol against the data and open the run's record: a new one, or the existing one
-    if it was made with the same configuration (`RunWriter` refuses any other)."""
-    plan = Plan.make(protocol, metadata)
+@dataclasses.dataclass
+class PlannedRun:
+    """One (strategy, seed) run checked against the data, and its record as it stands on disk
+    (`existing`, None when there is none yet). Planning writes nothing."""
+
+    plan: Plan
+    strategy: str
+    seed: int
+    seed_rows: np.ndarray
+    header: dict
+    path: Path
+    existing: Run | None
+
+    @property
+    def complete(self) -> bool:
+        return self.existing is not None and self.existing.complete
+
+
+def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str | Path, source: dict) -> PlannedRun:
+    """Check one run (its strategy, its seed set) and read its record if there is one: a record of
+    another configuration is refused (RecordError naming the differences); nothing is written, so
+    this works on read-only records. `learner` is the learner's `describe()`."""
     create_strategy(strategy)  # an unknown name fails before any file is written
+    protocol, metadata = plan.protocol, plan.metadata
     seed_rows = seed_set(metadata.label[plan.pool], plan.pool, protocol.seed_size, protocol.seed_balanced,
                          _rng(seed, "seed-set"))
-    describe = getattr(learner, "describe", dict)
     header = {
-        "mode": describe().get("learner", type(learner).__name__), "strategy": strategy, "seed": int(seed),
-        "protocol": protocol.to_dict(), "learner": describe(), "fingerprint": source["fingerprint"],
+        "mode": learner.get("learner", "unknown"), "strategy": strategy, "seed": int(seed),
+        "protocol": protocol.to_dict(), "learner": learner, "fingerprint": source["fingerprint"],
         "data": source.get("data") or metadata.fingerprint(), "backbone": source.get("backbone", ""),
         "source": source, "n_rounds": protocol.n_rounds,
         "seed_ids": metadata.ids[seed_rows].tolist(), "seed_groups": plan.group_values(seed_rows),
         "pool_counts": plan.pool_counts(), "versions": library_versions(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return plan, seed_rows, RunWriter(record_path(out_dir, strategy, seed), header)
+    path = record_path(out_dir, strategy, seed)
+    existing = read_existing(path)
+    if existing is not None:
+        check_identity(path, existing.header, header)
+    return PlannedRun(plan, strategy, seed, seed_rows, header, path, existing)
+
+
+def describe(learner) -> dict:
+    """The learner's description for the run header (its class name when it has no `describe`)."""
+    describe_ = getattr(learner, "describe", None)
+    return describe_() if describe_ is not None else {"learner": type(learner).__name__}
 
 
 def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path, *,
@@ -146,12 +196,29 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
     `source` describes the features: at least `fingerprint` (cache recipe or backbone recipe),
     `backbone` (a label for plots) and `data` (a fingerprint of the examples: the dataset manifest;
     the metadata's when absent); it goes into the record header. A record is resumed or reused only
-    if features, data, protocol, learner and strategy are all the same.
+    if features, data, protocol, learner and strategy are all the same. Everything is checked (the
+    features too, when the learner offers `nonfinite_rows`) before the first byte is written.
     """
-    plan, seed_rows, writer = open_record(learner, metadata, protocol, strategy, seed, out_dir, source)
-    if writer.complete:
-        return read_run(writer.path)
-    chooser = create_strategy(strategy)
+    plan = Plan.make(protocol, metadata, getattr(learner, "nonfinite_rows", None))
+    planned = plan_run(plan, describe(learner), strategy, seed, out_dir, source)
+    return planned.existing if planned.complete else execute(planned, learner, on_round)
+
+
+def execute(planned: PlannedRun, learner, on_round: OnRound | None = None) -> Run:
+    """Run a planned run from where its record stands: take the record's lock (refused while another
+    process writes it), write the header if the record has none, then one line per round."""
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with RunWriter(planned.path, {**planned.header, "created": created}) as writer:
+        if writer.complete:  # finished by another process since it was planned
+            return read_run(writer.path)
+        _run_rounds(planned, learner, writer, on_round)
+    return read_run(planned.path)
+
+
+def _run_rounds(planned: PlannedRun, learner, writer: RunWriter, on_round: OnRound | None) -> None:
+    plan, seed, seed_rows = planned.plan, planned.seed, planned.seed_rows
+    protocol, metadata = plan.protocol, plan.metadata
+    chooser = create_strategy(planned.strategy)
     labels = metadata.label
     schedule = protocol.schedule()
     row_of = {i: r for r, i in enumerate(metadata.ids)}
@@ -195,4 +262,3 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
         writer.write_round(record)
         if on_round is not None:
             on_round(record, protocol.n_rounds)
-    return read_run(writer.path)

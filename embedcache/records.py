@@ -17,12 +17,23 @@ Lines are appended and flushed one at a time, so a killed run leaves whole lines
 partial last line, which readers ignore and writers truncate before resuming. (No fsync: a flushed
 line survives the process being killed; only a power cut can lose the last rounds, which then
 rerun. fsync would cost more than a whole linear-mode round.)
+
+One writer at a time: a writer holds an OS lock (`flock`) on `<record>.lock`, which names it (pid,
+host, since when). The OS drops the lock when its process dies, however it dies, so a rerun after
+a kill is never blocked; readers never lock. A line that is not what a record holds (not JSON, not
+an object, a round out of order) stops readers with a message naming the file and line;
+`repair_run` keeps the header and the intact rounds before it, and the original beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import fcntl
+import itertools
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,14 +45,29 @@ from embedcache.recipe import canonical_json
 RECORD_SCHEMA = 1
 #: Header fields that define a run: a record is resumed only if all of them are equal.
 IDENTITY_FIELDS = ("schema", "mode", "strategy", "seed", "protocol", "learner", "fingerprint", "data", "n_rounds")
+#: Fields every header and every round line must have, with their JSON types.
+_HEADER_FIELDS = {"strategy": str, "seed": int, "n_rounds": int, "fingerprint": str, "seed_ids": list}
+_ROUND_FIELDS = {"round": int, "n_labeled": int, "metrics": dict, "acquired": dict}
+_JSON_KINDS = {list: "array", int: "number", float: "number", str: "string", bool: "boolean", type(None): "null"}
 
 
 class RecordError(EmbedcacheError):
     """A run record is malformed, or belongs to another configuration."""
 
 
+class RecordLockedError(EmbedcacheError):
+    """Another live process is writing this run record."""
+
+
 def record_path(out_dir: str | Path, strategy: str, seed: int) -> Path:
     return Path(out_dir) / f"{strategy}-seed{seed}.jsonl"
+
+
+def unwritable(folder: Path, error: OSError) -> ConfigError:
+    """The one-line error for an output folder the OS refuses to write in (or to create)."""
+    what = f"{error.strerror or error}" + (f": {error.filename}" if error.filename not in (None, str(folder)) else "")
+    return ConfigError(f"cannot write run records in {folder} ({what}): make the folder writable, or give `al` "
+                       "another --out")
 
 
 @dataclasses.dataclass
@@ -96,32 +122,87 @@ class Run:
         return np.asarray(xs, dtype=np.int64), np.asarray(ys, dtype=np.float64)
 
 
+@dataclasses.dataclass
+class _Scan:
+    """A record's lines read up to the first one that is not what a record holds."""
+
+    header: dict | None
+    rounds: list[dict]
+    end: int  # bytes of the header and intact rounds: what a writer keeps
+    broken_line: int | None = None  # 1-based number of the first bad line
+    problem: str = ""
+
+
+def _missing(record: dict, fields: dict[str, type]) -> str:
+    wrong = [k for k, kind in fields.items()
+             if not isinstance(record.get(k), kind) or (kind is int and isinstance(record.get(k), bool))]
+    return f"missing or mistyped field(s) {', '.join(wrong)}" if wrong else ""
+
+
+def _line_problem(path: Path, line: bytes, header: dict | None, rounds: list[dict]) -> tuple[dict | None, str]:
+    """The line parsed, and what is wrong with it as the next line of the record ("" when nothing)."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not JSON ({e})"
+    if not isinstance(record, dict):
+        return None, f"a JSON {_JSON_KINDS.get(type(record), 'value')}, not an object"
+    if header is None:
+        if record.get("type") != "header":
+            return record, "not a run header"
+        if record.get("schema") != RECORD_SCHEMA:
+            raise RecordError(f"{path}: record schema {record.get('schema')!r}, this embedcache reads {RECORD_SCHEMA}")
+        return record, _missing(record, _HEADER_FIELDS)
+    if record.get("type") != "round":
+        return record, f"unknown record type {record.get('type')!r}"
+    problem = _missing(record, _ROUND_FIELDS)
+    if not problem and record["round"] != len(rounds):
+        problem = f"round {record['round']} follows round {len(rounds) - 1}"
+    if not problem and record["round"] >= header["n_rounds"]:
+        problem = f"round {record['round']} is beyond the {header['n_rounds']} rounds planned"
+    return record, problem
+
+
+def _scan(path: Path) -> _Scan:
+    """Header and rounds up to the first bad line. Bytes after the last newline are a line cut off
+    by a kill: ignored here, truncated by the writer that resumes."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read this run record ({e.strerror or e})") from None
+    scan = _Scan(None, [], 0)
+    for number, line in enumerate(data[:data.rfind(b"\n") + 1].splitlines(keepends=True), start=1):
+        if line.strip():
+            record, problem = _line_problem(path, line, scan.header, scan.rounds)
+            if problem:
+                scan.broken_line, scan.problem = number, problem
+                return scan
+            if scan.header is None:
+                scan.header = record
+            else:
+                scan.rounds.append(record)
+        scan.end += len(line)
+    return scan
+
+
+def rounds_text(n: int) -> str:
+    """"no rounds", "round 0", "rounds 0-4": the first n rounds in words."""
+    return "no rounds" if n == 0 else "round 0" if n == 1 else f"rounds 0-{n - 1}"
+
+
 def _parse(path: Path) -> tuple[dict | None, list[dict], int]:
-    """Header, complete round lines, and the byte length of the whole lines (a partial tail excluded)."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # bytes after the last newline are a line cut off by a kill
-    header, rounds = None, []
-    for number, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path}, line {number}: not JSON ({e})") from None
-        kind = record.get("type")
-        if number == 1:
-            if kind != "header":
-                raise RecordError(f"{path}: line 1 is not a run header")
-            if record.get("schema") != RECORD_SCHEMA:
-                raise RecordError(f"{path}: record schema {record.get('schema')!r}, this embedcache reads {RECORD_SCHEMA}")
-            header = record
-        elif kind == "round":
-            if record["round"] != len(rounds):
-                raise RecordError(f"{path}, line {number}: round {record['round']} follows round {len(rounds) - 1}")
-            rounds.append(record)
+    """Header (None when not even the header line was finished), complete rounds, and the byte
+    length of the whole lines; a bad line is an error that says how to recover."""
+    scan = _scan(path)
+    if scan.broken_line is not None:
+        if scan.header is None:
+            recovery = "the header is lost, so the run starts again from round 0"
         else:
-            raise RecordError(f"{path}, line {number}: unknown record type {kind!r}")
-    return header, rounds, end
+            recovery = (f"the header and {rounds_text(len(scan.rounds))} before it are intact, and the run resumes at "
+                        f"round {len(scan.rounds)}")
+        raise RecordError(f"{path}, line {scan.broken_line}: {scan.problem}. Recover with `embedcache repair {path}`: "
+                          f"it keeps the lines before this one and saves the original beside it; {recovery}")
+    return scan.header, scan.rounds, scan.end
 
 
 def read_run(path: str | Path) -> Run:
@@ -130,8 +211,19 @@ def read_run(path: str | Path) -> Run:
         raise RecordError(f"{path}: no such run record")
     header, rounds, _ = _parse(path)
     if header is None:
-        raise RecordError(f"{path}: empty run record")
+        raise RecordError(f"{path}: holds no complete header (its run was killed as it started); rerun the "
+                          "same `embedcache al` command, or remove the file")
     return Run(path, header, rounds)
+
+
+def read_existing(path: str | Path) -> Run | None:
+    """The record at `path` as it stands, or None when there is none yet (no file, or a run killed
+    before its header line was finished, which its next writer starts over)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    header, rounds, _ = _parse(path)
+    return None if header is None else Run(path, header, rounds)
 
 
 def read_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -152,32 +244,107 @@ def read_runs(paths: Iterable[str | Path]) -> list[Run]:
     return [read_run(f) for f in files]
 
 
+def check_identity(path: Path, existing: dict, header: dict) -> None:
+    """Refuse to continue a record made with another configuration, naming the fields that differ."""
+    header = {"schema": RECORD_SCHEMA, **header}
+    diff = [f for f in IDENTITY_FIELDS if canonical_json(existing.get(f)) != canonical_json(header.get(f))]
+    if diff:
+        raise RecordError(f"{path} belongs to another run configuration (differs in: {', '.join(diff)}); write to "
+                          "another --out folder or remove it")
+
+
+class RecordLock:
+    """The exclusive lock of one record: `flock` on `<record>.lock`, a file that names its holder.
+
+    `acquire` refuses at once when another process holds it. The OS releases the lock when the
+    holder exits or is killed; `release` also removes the file (and `acquire` re-checks that the
+    file it locked is still the one on disk, so a lock taken as another holder removes it is never
+    a lock on a removed file).
+    """
+
+    def __init__(self, record: str | Path):
+        self.record = Path(record)
+        self.path = self.record.with_name(self.record.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "RecordLock":
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise unwritable(folder, e) from None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise unwritable(folder, e) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise RecordLockedError(f"{self.record} is being written by {holder}; wait for that run to finish "
+                                        "or stop it, then rerun") from None
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # its holder removed the file as we locked it: lock the new one
+        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RecordLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class RunWriter:
-    """Appends round lines to a record; reopens an existing record of the same configuration.
+    """Appends round lines to a record it holds the lock of; reopens an existing record of the same
+    configuration. Use it as a context manager (or call `close`) to release the lock.
 
     `rounds` holds the complete rounds already on disk (empty for a new record). A record made
-    with another configuration is never overwritten: that is an error naming the differences.
+    with another configuration is never overwritten: that is an error naming the differences. The
+    header is written when the writer opens a record that has none.
     """
 
     def __init__(self, path: str | Path, header: dict):
         self.path = Path(path)
         header = {"type": "header", "schema": RECORD_SCHEMA, **header}
         self.rounds: list[dict] = []
-        if self.path.exists():
-            existing, self.rounds, end = _parse(self.path)
+        self._lock = RecordLock(self.path).acquire()
+        try:
+            existing, self.rounds, end = _parse(self.path) if self.path.exists() else (None, [], 0)
+            if existing is not None:
+                check_identity(self.path, existing, header)
+            self.header = existing or header
+            if self.path.exists():
+                with open(self.path, "r+b") as f:
+                    f.truncate(end)
             if existing is None:
-                raise RecordError(f"{self.path}: exists but holds no header; remove it to start this run")
-            diff = [f for f in IDENTITY_FIELDS if canonical_json(existing.get(f)) != canonical_json(header.get(f))]
-            if diff:
-                raise RecordError(f"{self.path} belongs to another run configuration (differs in: "
-                                  f"{', '.join(diff)}); write to another --out folder or remove it")
-            self.header = existing
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.header = header
-            self._append(header)
+                self._append(header)
+        except OSError as e:
+            self.close()
+            raise unwritable(self.path.parent, e) from None
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def complete(self) -> bool:
@@ -194,6 +361,71 @@ class RunWriter:
         line = json.dumps(record, separators=(",", ":"), default=_json_default) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclasses.dataclass
+class Repair:
+    """What `repair_run` found and did: `backup` is where the original now is (None: the record was
+    intact and left alone); `header_kept` is False when the header itself was broken, and the
+    record was moved there whole."""
+
+    path: Path
+    rounds_kept: int
+    lines_dropped: int = 0
+    backup: Path | None = None
+    header_kept: bool = True
+    problem: str = ""
+
+
+def repair_run(path: str | Path) -> Repair:
+    """Cut a record back to its header and the intact rounds before its first bad line, so its run
+    resumes there. The original is saved beside it first (`<record>.broken`, or `.broken.N`), so
+    nothing is lost; a record whose header is broken is moved there whole (the run starts over).
+    Refused while another process writes the record; an intact record is left as it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: no such run record")
+    with RecordLock(path):
+        scan = _scan(path)
+        if scan.broken_line is None:
+            return Repair(path, len(scan.rounds))
+        data = path.read_bytes()
+        whole_lines = data[:data.rfind(b"\n") + 1].count(b"\n")
+        backup = _save_beside(path, data)
+        if scan.header is None:
+            path.unlink()
+        else:
+            fresh = path.with_name(path.name + ".repairing")
+            with open(fresh, "wb") as f:
+                f.write(data[:scan.end])
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(fresh, path)
+        return Repair(path, len(scan.rounds), whole_lines - scan.broken_line + 1, backup, scan.header is not None,
+                      f"line {scan.broken_line}: {scan.problem}")
+
+
+def _save_beside(path: Path, data: bytes) -> Path:
+    """Write `data` to the first free `<path>.broken[.N]` (never replacing a file) and sync it."""
+    for n in itertools.count():
+        backup = path.with_name(path.name + ".broken" + (f".{n}" if n else ""))
+        try:
+            with open(backup, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return backup
+        except FileExistsError:
+            continue
 
 
 def _json_default(value):

@@ -13,7 +13,7 @@ from scipy import stats
 from embedcache.cache import EmbeddingCache
 from embedcache.cli import main
 from embedcache.datasets.synthetic import ambiguity_embeddings
-from embedcache.errors import ConfigError
+from embedcache.errors import CacheError, ConfigError
 from embedcache.experiments import LinearExperiment, parse_seeds, run_grid
 from embedcache.learners.linear import LinearConfig, LinearLearner
 from embedcache.loop import run_al, seed_set
@@ -223,3 +223,81 @@ def test_grid_never_counts_finished_records_of_another_configuration(cache, tmp_
         run_grid(LinearExperiment(cache, LinearConfig(C=5.0)), protocol, ["margin"], [0], tmp_path)
     with pytest.raises(RecordError, match="differs in: protocol"):
         run_grid(LinearExperiment(cache), protocol.replace(per_round=2), ["margin"], [0], tmp_path, jobs=2)
+
+
+@pytest.mark.parametrize("bad, message, fixed", [
+    (["--strategy", "uncertain"], "unknown strategy 'uncertain'", ["--strategy", "entropy"]),
+    (["--percentile", "place:150"], "--percentile place:150: the percentile must lie in 0..100",
+     ["--percentile", "place:50"]),
+    (["--percentile", "colour:10"], "unknown group 'colour'", ["--percentile", "place:10"]),
+    (["--group", "colour"], "unknown group 'colour'", ["--group", "place"]),
+    (["--worst-group", "label*colour"], "unknown group 'colour'", ["--worst-group", "label*place"]),
+    (["--eval-split", "id_val"], "unknown split 'id_val'", ["--eval-split", "val"]),
+    (["--seeds", "3-1"], "--seeds '3-1': the range 3-1 runs backwards; write 1-3", ["--seeds", "1-3"]),
+    (["--pool-size", "3", "--per-round", "5"], "--pool-size 3 is smaller than the largest batch (5 per round): each "
+     "round acquires its batch from the examples it scores, so the pool size must be at least 5",
+     ["--pool-size", "30", "--per-round", "5"]),
+    (["--budget", "99999"], "budget 99999", ["--budget", "5"]),
+    (["--seed-size", "0"], "--seed-size must be at least 1", ["--seed-size", "4"]),
+    (["--eval-every", "0"], "--eval-every must be at least 1", ["--eval-every", "2"]),
+    (["--C", "0"], "--C must be positive", ["--C", "2"]),
+    (["--device", "cuda:99"], "--device cuda:99: ", ["--device", "cpu"]),
+    (["--jobs", "0"], "--jobs must be at least 1", ["--jobs", "1"]),
+])
+def test_every_option_error_comes_before_the_first_byte_and_the_corrected_command_runs(cache, tmp_path, bad, message,
+                                                                                       fixed):
+    out = tmp_path / "runs"
+    base = ["al", "--cache", str(cache), "--out", str(out), "--seed-size", "10", "--budget", "10", "--strategy",
+            "random", "--quiet"]
+    result = CliRunner().invoke(main, base + bad)
+    assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
+    assert not out.exists()
+    result = CliRunner().invoke(main, base + fixed)
+    assert result.exit_code == 0 and "runs complete" in result.output, result.output
+
+
+def _with_values(cache, rows, value) -> None:
+    import h5py
+
+    with h5py.File(cache, "r+") as f:
+        for row in rows:
+            f["embeddings"][row, 3] = value
+
+
+@pytest.mark.parametrize("split, value", [("train", np.nan), ("val", np.inf)])
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_nonfinite_features_of_the_rows_a_run_uses_are_refused_naming_ids(cache, ambiguous, tmp_path, split, value,
+                                                                          jobs):
+    _, meta = ambiguous
+    rows = meta.split_indices(split)[[3, 8]]
+    _with_values(cache, rows, value)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["al", "--cache", str(cache), "--out", str(out), "--seed-size", "10", "--budget",
+                                       "10", "--strategy", "margin", "--strategy", "random", "--jobs", jobs])
+    ids = meta.ids[rows].tolist()
+    assert result.exit_code == 1 and result.output == (
+        f"Error: 2 example(s) of the splits this run uses (train, val) have NaN or infinite embedding values, e.g. ids "
+        f"{ids}; find them all with `embedcache info --check CACHE` and extract those examples again\n")
+    assert not out.exists()
+    x, _ = ambiguous
+    x = x.copy()
+    x[rows, 3] = value
+    with pytest.raises(CacheError, match=r"2 example\(s\) of the splits"):  # the library call checks too
+        run_al(LinearLearner(x, 2), meta, SMALL, "random", 0, out, source=SOURCE)
+    assert not out.exists()
+
+
+def test_meaningless_runs_are_refused(ambiguous, tmp_path):
+    x, meta = ambiguous
+    one_class = meta.label.copy()
+    one_class[meta.split_indices("train")] = 1
+    single = Metadata(meta.ids, one_class, meta.split, meta.split_names, meta.groups, meta.group_names,
+                      meta.label_names)
+    with pytest.raises(ConfigError, match="every example of the pool split 'train' has the label 'waterbird': a run "
+                                          "needs at least two classes"):
+        run_al(LinearLearner(x, 2), single, SMALL, "random", 0, tmp_path, source=SOURCE)
+    with pytest.raises(ConfigError, match="--pool-size 3 is smaller than the largest batch"):
+        SMALL.replace(pool_size=3)
+    with pytest.raises(ConfigError, match="no runs to make"):
+        run_grid(LinearExperiment(tmp_path / "unused.h5"), SMALL, ["random"], [], tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -8,6 +8,7 @@ import fnmatch
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +22,7 @@ def prepare_out_dir(path: str | Path, owned: Sequence[str]) -> Path:
     """Create `path`, or accept it when everything in it has a name the command writes (glob
     patterns `owned`): an earlier output, whole or cut short, whose files of the same names are
     then replaced. A folder holding anything else is refused, so an analysis never writes into a
-    runs folder or someone's home."""
+    runs folder or someone's home; so is one this process may not write in."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} is a file, not a folder")
@@ -30,7 +31,13 @@ def prepare_out_dir(path: str | Path, owned: Sequence[str]) -> Path:
         if foreign:
             raise ConfigError(f"--out {path} holds files this command does not write (e.g. {foreign[0]}); choose a "
                               "new or empty folder")
-    path.mkdir(parents=True, exist_ok=True)
+    try:  # a read-only place is refused here, naming it, before any output is written
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write there ({e.strerror or e}); make it writable or choose another "
+                          "folder") from None
     return path
 
 

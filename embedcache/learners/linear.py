@@ -40,6 +40,8 @@ _NEWTON_MAX_VARIABLES = 2048
 #: Newton steps taken with a stale Hessian factor before refactorising, so the last steps converge
 #: quadratically rather than linearly.
 _MAX_STALE_STEPS = 2
+#: Rows per block when checking features for NaN/inf (bounds the temporary copy).
+_FINITE_CHECK_ROWS = 65536
 #: Scale² of the constant feature standing in for the intercept, relative to the mean squared row norm.
 _INTERCEPT_SCALE2 = 1e6
 
@@ -63,6 +65,18 @@ class LinearConfig:
             raise ConfigError(f"--solver must be one of {SOLVERS}, got {self.solver!r}")
         if not self.C > 0:
             raise ConfigError(f"--C must be positive, got {self.C}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"--device {self.device!r}: expected cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {self.device}: CUDA is not available on this machine")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+    def describe(self) -> dict:
+        """What the run header records of the learner (part of a run's identity)."""
+        return {"learner": "linear", **dataclasses.asdict(self)}
 
 
 @contextlib.contextmanager
@@ -115,7 +129,17 @@ class LinearLearner:
 
     # ------------------------------------------------------------------ loop hooks
     def describe(self) -> dict:
-        return {"learner": "linear", **dataclasses.asdict(self.config)}
+        return self.config.describe()
+
+    def nonfinite_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The rows among `rows` whose features hold NaN or infinite values (checked in blocks)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        bad = [rows[:0]]
+        for start in range(0, len(rows), _FINITE_CHECK_ROWS):
+            part = rows[start:start + _FINITE_CHECK_ROWS]
+            finite = torch.isfinite(self.features[torch.as_tensor(part, device=self.device)]).all(1)
+            bad.append(part[~finite.cpu().numpy()])
+        return np.concatenate(bad)
 
     def prepare(self, pool: np.ndarray, evaluation: dict[str, np.ndarray]) -> None:
         """Called once by the loop: standardisation statistics from the pool's features, and
