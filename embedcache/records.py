@@ -35,7 +35,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 
@@ -257,56 +257,58 @@ class RecordLock:
     """The exclusive lock of one record: `flock` on `<record>.lock`, a file that names its holder.
 
     `acquire` refuses at once when another process holds it. The OS releases the lock when the
-    holder exits or is killed; `release` also removes the file (and `acquire` re-checks that the
-    file it locked is still the one on disk, so a lock taken as another holder removes it is never
-    a lock on a removed file).
+    holder exits or is killed (or when an unreleased lock object is garbage-collected); `release`
+    also removes the file, and `acquire` re-checks that the file it locked is still the one on
+    disk, so a lock taken just as its previous holder removed the file is taken again.
     """
 
     def __init__(self, record: str | Path):
         self.record = Path(record)
         self.path = self.record.with_name(self.record.name + ".lock")
-        self._fd: int | None = None
+        self._file: BinaryIO | None = None
 
     def acquire(self) -> "RecordLock":
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+            while True:
+                file = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+b", buffering=0)
+                try:
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = file.read(512).decode("utf-8", "replace").strip() or "another process"
+                    file.close()
+                    raise RecordLockedError(f"{self.record} is being written by {holder}; wait for that run to "
+                                            "finish or stop it, then rerun") from None
+                except OSError:
+                    file.close()
+                    raise
+                if self._still_on_disk(file):
+                    break
+                file.close()
+            since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            file.truncate(0)
+            file.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode())
+        except OSError as e:  # a read-only folder, or one whose file system has no locks
             raise unwritable(folder, e) from None
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise unwritable(folder, e) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-                os.close(fd)
-                raise RecordLockedError(f"{self.record} is being written by {holder}; wait for that run to finish "
-                                        "or stop it, then rerun") from None
-            try:
-                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                break
-            os.close(fd)  # its holder removed the file as we locked it: lock the new one
-        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
-        self._fd = fd
+        self._file = file
         return self
 
+    def _still_on_disk(self, file: BinaryIO) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
-        if self._fd is None:
+        if self._file is None:
             return
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
-        os.close(self._fd)
-        self._fd = None
+        self._file.close()
+        self._file = None
 
     def __enter__(self) -> "RecordLock":
         return self.acquire()

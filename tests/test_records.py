@@ -17,7 +17,7 @@ from embedcache.cli import main
 from embedcache.records import RecordError, read_run, read_runs, record_path
 
 #: Holds the lock of the record named by argv[1] until its stdin closes (or it is killed).
-HOLD = ("import sys; from embedcache.records import RecordLock; RecordLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys; from embedcache.records import RecordLock; lock = RecordLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); sys.stdin.read()")
 
 
