@@ -6,6 +6,10 @@ score the unlabelled pool (a fresh random subsample of it each round when the pr
 `pool_size`) and acquire the next batch. Round 0 trains on the seed set. Every random choice (seed
 set, pool subsample, tie-breaks, the random strategy) is drawn from the run seed and the round
 number, so a run is reproducible, and a resumed run continues exactly as an uninterrupted one.
+
+A run is planned before it is executed: `Plan.make` checks the protocol against the data (and the
+features' finiteness), `plan_run` the strategy, the seed set and any record already on disk, all
+without writing; `execute` then takes the record's lock and writes its header and rounds.
 """
 
 from __future__ import annotations
