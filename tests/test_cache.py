@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import make_metadata, recipe
 
-from embedcache.cache import SCHEMA_VERSION, EmbeddingCache, merge_shards
+from embedcache.cache import SCHEMA_VERSION, EmbeddingCache, merge_shards, partial_path
 from embedcache.errors import CacheError, DatasetError
 from embedcache.recipe import recipe_fingerprint
 
@@ -24,7 +24,7 @@ def test_schema_layout_matches_design(tmp_path, arrays):
     with h5py.File(path) as f:
         assert f["embeddings"].shape == (257, 24) and f["embeddings"].dtype == np.float32
         assert f["embeddings"].chunks[1] == 24  # row-chunked
-        assert f["ids"].dtype.kind == "O" and f["ids"].asstr()[0] == "id00000"
+        assert h5py.check_string_dtype(f["ids"].dtype).encoding == "utf-8" and f["ids"].asstr()[0] == "id00000"
         assert f["label"].dtype == np.int64 and list(f["label"].attrs["names"]) == ["a", "b", "c"]
         assert f["split"].dtype == np.int8 and [s for s in f["split"].attrs["names"]] == ["train", "val"]
         assert f["groups/place"].dtype == np.int64 and list(f["groups/place"].attrs["names"]) == ["land", "water"]
@@ -32,6 +32,9 @@ def test_schema_layout_matches_design(tmp_path, arrays):
         assert f.attrs["complete"] and f.attrs["recipe_fingerprint"] == recipe_fingerprint(recipe())
         for key in ("embedcache_version", "recipe", "dataset", "versions"):
             assert key in f.attrs
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        assert len(datasets) == 6 and all(ds.fletcher32 for ds in datasets)  # every chunk checksummed
 
 
 def test_roundtrip_reads_rows_columns_and_chunks(tmp_path, arrays):
@@ -59,17 +62,23 @@ def test_append_resume_and_complete_only_at_finalize(tmp_path, arrays):
     emb, meta = arrays
     path = tmp_path / "c.h5"
     with EmbeddingCache.create(path, meta, dim=24, dtype="float32", recipe=recipe(), dataset={"name": "x"}) as c:
+        assert c.path == partial_path(path) and c.target == path
         c.append(emb[:100])
-    with EmbeddingCache(path) as c:
+    assert not path.exists()  # only a complete cache ever sits at the final path
+    with pytest.raises(CacheError, match=r"no such cache file \(.*c.h5.partial holds an unfinished write"):
+        EmbeddingCache(path)
+    with EmbeddingCache(partial_path(path)) as c:
         assert not c.complete and c.rows_written == 100
         with pytest.raises(CacheError, match="not complete .100/257"):
             c.require_complete()
         with pytest.raises(CacheError, match="not complete"):
             c.validate()
-    with EmbeddingCache(path, "r+") as c:
+    with EmbeddingCache(partial_path(path), "r+") as c:
         c.append(emb[100:200])
         c.append(emb[200:])
         c.finalize()
+        assert c.path == path and c.complete  # open for reading at the final path
+    assert not partial_path(path).exists()
     with EmbeddingCache(path) as c:
         assert c.complete
         np.testing.assert_array_equal(c.embeddings(), emb)
