@@ -10,8 +10,10 @@ Examples that could not be read and were skipped on request are listed in `/skip
 names what is missing); anything else, the recipe's shape included, is up to the writer.
 
 Writing never happens at the final path. `create(out)` writes `<out>.partial`: rows are
-preallocated from the metadata, `append` writes the next rows and then advances `rows_written`
-after a flush, so a killed writer leaves a partial file that resumes at its last flushed row.
+preallocated from the metadata and `append` writes the next rows. Whenever an append fills an HDF5
+chunk (and on `close`), the rows are flushed and then `rows_written` advances in a second flush, so
+a killed writer leaves a partial file that resumes after its last saved append, having lost at most
+one chunk's rows (about 1 MiB); flushing whole chunks writes each chunk (and its checksum) about once.
 `finalize` drops skipped rows (by copying the kept ones into a fresh file), marks the file
 complete, and moves it onto `out` with one atomic rename. So a file at `out` is always complete,
 an existing `out` stays as it was until its replacement is done, and a kill at any step leaves
@@ -307,8 +309,8 @@ class _WriteGuard(io.RawIOBase):
 def _open_guarded(path: Path, mode: str) -> tuple[_WriteGuard, h5py.File]:
     """An HDF5 file opened for writing ("w" creates or truncates, "r+" updates) through a `_WriteGuard`."""
     guard = _WriteGuard(path, "w+b" if mode == "w" else "r+b")
-    try:
-        return guard, h5py.File(guard, mode)
+    try:  # room for the two chunks an append may straddle, so each is written once
+        return guard, h5py.File(guard, mode, rdcc_nbytes=4 * _CHUNK_BYTES)
     except BaseException:
         guard.close()
         raise
@@ -371,6 +373,12 @@ class EmbeddingCache:
             self._close_file()
             raise NotACacheError(path, f"not a complete schema-{SCHEMA_VERSION} embedding cache: "
                                  + "; ".join(problems))
+        if self._guard is not None:
+            #: Rows appended so far; `rows_written` counts those saved.
+            self._appended = self.rows_written
+            #: /embeddings, kept open while writing: HDF5 drops a dataset's chunk cache when it is closed.
+            self._rows = self._file["embeddings"]
+            self._drop_unsaved_skipped()
 
     # ------------------------------------------------------------------ creation / writing
     @classmethod
@@ -483,15 +491,16 @@ class EmbeddingCache:
 
         `embeddings` holds the rows that were computed; `skipped` maps offsets within this block
         (of len(embeddings) + len(skipped) rows) to the reason they could not be. Skipped rows are
-        dropped by `finalize`. A refused write raises CacheWriteError and closes the file, which
-        keeps every row before this block.
+        dropped by `finalize`. The rows are saved when this append fills a chunk (see the module
+        docstring). A refused write raises CacheWriteError and closes the file, which keeps every
+        row saved before.
         """
         self._require_writer()
         skipped = dict(skipped or {})
         embeddings = np.asarray(embeddings)
-        start = self.rows_written
+        start = self._appended
         count = len(embeddings) + len(skipped)
-        ds = self._file["embeddings"]
+        ds = self._rows
         if start + count > ds.shape[0]:
             raise CacheError(f"{self.path}: writing rows {start}..{start + count} past the end ({ds.shape[0]})")
         if embeddings.ndim != 2 or embeddings.shape[1] != ds.shape[1]:
@@ -501,17 +510,39 @@ class EmbeddingCache:
         block = np.zeros((count, ds.shape[1]), dtype=ds.dtype)
         keep = np.setdiff1d(np.arange(count), np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
         block[keep] = embeddings
-        with self._writing(rows_saved=start):
+        with self._writing(rows_saved=self.rows_written):
             ds[start:start + count] = block
             if skipped:
                 ids = self._file["ids"]
                 offsets = sorted(skipped)
                 self._append_strings("skipped/ids", [ids[start + o].decode() for o in offsets])
                 self._append_strings("skipped/errors", [skipped[o] for o in offsets])
-            self._file.flush()
-            self._file.attrs["rows_written"] = start + count
-            self._file.flush()
+            self._appended = start + count
+            chunk = ds.chunks[0]
+            if (start + count) // chunk > start // chunk or start + count == ds.shape[0]:
+                self._save()
         crash_point("cache.append")
+
+    def _save(self) -> None:
+        """Flush the appended rows, then advance `rows_written` in a second flush: a kill in between
+        leaves the previous count (skipped entries past it are dropped when the file is reopened)."""
+        if self._appended != self.rows_written:
+            self._file.flush()
+            self._file.attrs["rows_written"] = self._appended
+            self._file.flush()
+
+    def _drop_unsaved_skipped(self) -> None:
+        """Drop skipped entries of rows past `rows_written`: a kill between the two flushes of `_save`
+        keeps them, and the resumed run records those rows again."""
+        if "skipped/ids" not in self._file:
+            return
+        row_of = {i: r for r, i in enumerate(self._read(self._file["ids"], strings=True))}
+        saved = sum(row_of[i] < self.rows_written for i in self.skipped_ids)
+        if saved < len(self.skipped_ids):
+            with self._writing(rows_saved=self.rows_written):
+                for name in ("skipped/ids", "skipped/errors"):
+                    self._file[name].resize((saved,))
+                self._file.flush()
 
     def _append_strings(self, name: str, values: list[str]) -> None:
         """Append to a growing string list of an unfinished file (variable-length: HDF5 cannot checksum
@@ -541,8 +572,10 @@ class EmbeddingCache:
         """
         self._require_writer()
         n = self.n_rows
-        if self.rows_written != n:
-            raise CacheError(f"{self.path}: only {self.rows_written} of {n} rows written")
+        if self._appended != n:
+            raise CacheError(f"{self.path}: only {self._appended} of {n} rows written")
+        with self._writing(rows_saved=self.rows_written):
+            self._save()
         source, target = self.path, self.target
         keep = self._kept_rows()
         try:
@@ -613,8 +646,8 @@ class EmbeddingCache:
             source = os.path.relpath(shard.path.resolve(), base.resolve())
             layout[start:start + shard.n_rows] = h5py.VirtualSource(source, "embeddings", shape=(shard.n_rows, shard.dim))
             start += shard.n_rows
-        del self._file["embeddings"]
-        self._file.create_virtual_dataset("embeddings", layout)
+        del self._rows, self._file["embeddings"]
+        self._rows = self._file.create_virtual_dataset("embeddings", layout)
 
     # ------------------------------------------------------------------ attributes
     def _json_attr(self, name: str):
@@ -728,17 +761,29 @@ class EmbeddingCache:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def _blocks_of(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """For rows in any order: (positions in `rows`, their embeddings), one contiguous read per block."""
+        """For rows in any order: (positions in `rows`, their embeddings), one contiguous read per block;
+        where such a range holds an unreadable chunk, one read per chunk that holds a wanted row."""
         ds = self._file["embeddings"]
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
-        block = self.block_rows
-        bounds = np.flatnonzero(np.diff(sorted_rows // block)) + 1
-        for part in np.split(np.arange(len(rows)), bounds):
-            if not len(part):
+
+        def runs(positions: np.ndarray, step: int) -> Iterator[tuple[np.ndarray, int, int]]:
+            """Positions (into sorted_rows) grouped by `step`-row stretch, with each group's row range."""
+            for part in np.split(positions, np.flatnonzero(np.diff(sorted_rows[positions] // step)) + 1):
+                if len(part):
+                    yield part, int(sorted_rows[part[0]]), int(sorted_rows[part[-1]]) + 1
+
+        unreadable = []
+        for part, lo, hi in runs(np.arange(len(rows)), self.block_rows):
+            try:
+                block = ds[lo:hi]
+            except OSError:
+                unreadable.append(part)
                 continue
-            lo, hi = int(sorted_rows[part[0]]), int(sorted_rows[part[-1]]) + 1
-            yield order[part], self._read(ds, slice(lo, hi))[sorted_rows[part] - lo]
+            yield order[part], block[sorted_rows[part] - lo]
+        if unreadable:
+            for part, lo, hi in runs(np.concatenate(unreadable), ds.chunks[0] if ds.chunks else 1):
+                yield order[part], self._read(ds, slice(lo, hi))[sorted_rows[part] - lo]
 
     def iter_chunks(
         self, rows: np.ndarray | None = None, chunk_rows: int | None = None
@@ -932,14 +977,23 @@ class EmbeddingCache:
         return None
 
     def close(self) -> None:
-        """Close the file. A writer's file keeps the rows of every `append` (finish it with `finalize`)."""
-        self._close_file()
+        """Close the file. A writer first saves every appended row (finish it with `finalize`)."""
+        try:
+            if self._guard is not None and self._file.id.valid:
+                with self._writing(rows_saved=self.rows_written):
+                    self._save()
+        finally:
+            self._close_file()
 
     def __enter__(self) -> "EmbeddingCache":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.close()
+        except CacheWriteError:
+            if exc_type is None:  # else the error already on its way matters more; saved rows stay saved
+                raise
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"{self.rows_written}/{self.n_rows} rows"
@@ -1008,7 +1062,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, virtual: bool 
             with target._writing(rows_saved=target.rows_written):
                 _write_strings(target._file, "skipped/ids", [i for i, _ in skipped])
                 _write_strings(target._file, "skipped/errors", [e for _, e in skipped])
-                target._file.attrs["rows_written"] = target.n_rows
+            target._appended = target.n_rows  # a virtual dataset's rows are in the shards already
             target.finalize()
     finally:
         for shard in shards:

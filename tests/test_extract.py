@@ -3,7 +3,6 @@ read-only folders: test_cache_faults.py)."""
 
 from __future__ import annotations
 
-
 import h5py
 import numpy as np
 import pytest
