@@ -112,10 +112,10 @@ def _chunk_rows(n: int, row_bytes: int) -> int:
 
 
 def _write_strings(f: h5py.File, name: str, values: Sequence[str]) -> None:
-    """A fixed-width, checksummed utf-8 string dataset (nothing when there are no values)."""
-    if len(values):
-        data = _fixed_strings(values)
-        f.create_dataset(name, data=data, chunks=(_chunk_rows(len(data), data.itemsize),), fletcher32=True)
+    """A fixed-width, checksummed utf-8 string dataset; gzip keeps the padding of short strings cheap."""
+    data = _fixed_strings(values)
+    f.create_dataset(name, data=data, chunks=(_chunk_rows(len(data), data.itemsize),), compression="gzip",
+                     compression_opts=1, fletcher32=True)
 
 
 def _write_layout(f: h5py.File, metadata: Metadata, dim: int, dtype: str, attrs: Mapping) -> None:
@@ -126,8 +126,6 @@ def _write_layout(f: h5py.File, metadata: Metadata, dim: int, dtype: str, attrs:
     f.create_dataset("embeddings", shape=(n, dim), dtype=dtype,
                      chunks=(_chunk_rows(n, dim * np.dtype(dtype).itemsize), dim), fletcher32=True)
     _write_strings(f, "ids", metadata.ids)
-    if "ids" not in f:  # no rows: an empty, still well-formed column
-        f.create_dataset("ids", shape=(0,), dtype=h5py.string_dtype("utf-8", 1), chunks=(1,), fletcher32=True)
 
     def column(name: str, data: np.ndarray) -> h5py.Dataset:
         return f.create_dataset(name, data=data, chunks=(_chunk_rows(n, data.itemsize),), fletcher32=True)
@@ -239,6 +237,41 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _scan(ds: h5py.Dataset, label: str, offset: int, finite: bool, where: str = "") -> tuple[list[str], np.ndarray]:
+    """Read every row of `ds` in blocks of about 64 MiB; where a block fails, read it chunk by chunk
+    (HDF5 verifies each chunk's checksum on read). Returns the failing ranges as
+    "<label> rows a-b<where>: ..." with rows counted from `offset`, and, when `finite`, the rows
+    (from `offset`) holding NaN or inf."""
+    if ds.ndim == 0:
+        try:
+            ds[()]
+            return [], np.zeros(0, dtype=np.int64)
+        except OSError as e:
+            return [f"{label}{where}: unreadable ({e})"], np.zeros(0, dtype=np.int64)
+    n = ds.shape[0]
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    chunk = ds.chunks[0] if ds.chunks else _chunk_rows(n, row_bytes)
+    step = max(chunk, (_BLOCK_BYTES // row_bytes) // chunk * chunk)
+    bad, nonfinite = [], []
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        try:
+            block = ds[start:stop]
+        except OSError:
+            for lo in range(start, stop, chunk):
+                hi = min(lo + chunk, stop)
+                try:
+                    ds[lo:hi]
+                except OSError as e:
+                    what = ("corrupted bytes (checksum mismatch)" if ds.fletcher32 and "filter" in str(e)
+                            else f"unreadable ({e})")
+                    bad.append(f"{label} rows {offset + lo}-{offset + hi - 1}{where}: {what}")
+            continue
+        if finite:
+            nonfinite.extend(offset + start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+    return bad, np.asarray(nonfinite, dtype=np.int64)
+
+
 class _WriteGuard(io.RawIOBase):
     """The file object under every HDF5 file we write (h5py's `fileobj` driver).
 
@@ -335,6 +368,7 @@ class EmbeddingCache:
         self._open(Path(path), mode)
 
     def _open(self, path: Path, mode: str) -> None:
+        """Open `path` (see `__init__`); `finalize` reopens the finished cache for reading with it."""
         self.path = path
         self._guard: _WriteGuard | None = None
         self._metadata: Metadata | None = None
@@ -373,6 +407,11 @@ class EmbeddingCache:
             self._close_file()
             raise NotACacheError(path, f"not a complete schema-{SCHEMA_VERSION} embedding cache: "
                                  + "; ".join(problems))
+        missing = [str(file) for file, _, _ in self._virtual_sources() if not file.is_file()]
+        if missing:  # HDF5 would read zeros for them, silently
+            self._close_file()
+            raise CacheError(f"{path}: its virtual /embeddings reads rows from {missing}, which are not there; "
+                             "keep the shard files beside the merged cache (or merge without --virtual)")
         if self._guard is not None:
             #: Rows appended so far; `rows_written` counts those saved.
             self._appended = self.rows_written
@@ -528,6 +567,7 @@ class EmbeddingCache:
         leaves the previous count (skipped entries past it are dropped when the file is reopened)."""
         if self._appended != self.rows_written:
             self._file.flush()
+            crash_point("cache.save")
             self._file.attrs["rows_written"] = self._appended
             self._file.flush()
 
@@ -596,14 +636,15 @@ class EmbeddingCache:
                 self._close_file()
                 crash_point("cache.replace")
                 os.replace(compacted, target)
-                crash_point("cache.cleanup")
-                if source != target:
-                    source.unlink()
             _fsync_dir(target.parent)
         except OSError as e:  # the rename itself (e.g. the folder turned read-only)
             self._close_file()
             raise CacheWriteError(f"cannot move the finished cache onto {target} ({_reason(e)}); its rows are kept "
                                   f"in {source}; {_remedy(e, target.parent)}") from None
+        crash_point("cache.cleanup")
+        if source != target:
+            with contextlib.suppress(OSError):  # a leftover copy: `extract --resume` removes it next time
+                source.unlink(missing_ok=True)
         self._open(target, "r")
 
     def _compact_into(self, dest: Path, keep: np.ndarray) -> None:
@@ -816,12 +857,13 @@ class EmbeddingCache:
         self._file.visititems(visit)
         return found
 
-    def _virtual_sources(self) -> list[tuple[Path, str]]:
-        """(file, dataset) that a virtual /embeddings reads from, files resolved beside this one."""
+    def _virtual_sources(self) -> list[tuple[Path, str, int]]:
+        """(file, dataset, first row) of each part of a virtual /embeddings, files resolved beside this one."""
         ds = self._file["embeddings"]
         if not ds.is_virtual:
             return []
-        return [(self.path.parent / source.file_name, source.dset_name) for source in ds.virtual_sources()]
+        return [(self.path.parent / source.file_name, source.dset_name, source.vspace.get_select_bounds()[0][0])
+                for source in ds.virtual_sources()]
 
     def unchecksummed(self) -> list[str]:
         """Datasets whose bytes carry no checksum, so corrupted bytes in them cannot be detected: every
@@ -831,7 +873,7 @@ class EmbeddingCache:
         missing = []
         for name, ds in self._datasets().items():
             if ds.is_virtual:
-                for file, dset in self._virtual_sources():
+                for file, dset, _ in self._virtual_sources():
                     try:
                         with h5py.File(file, "r") as source:
                             checked = source[dset].fletcher32
@@ -844,56 +886,33 @@ class EmbeddingCache:
         return missing
 
     def _read_all(self, name: str, ds: h5py.Dataset) -> tuple[list[str], np.ndarray]:
-        """Read all of one dataset, block by block. Returns its unreadable row ranges, narrowed to HDF5
-        chunks (whose checksums HDF5 verifies on every read; a virtual dataset's rows in steps of about
-        1 MiB), and, for /embeddings, the rows holding NaN or inf."""
-        if ds.ndim == 0:
-            try:
-                ds[()]
-                return [], np.zeros(0, dtype=np.int64)
-            except OSError as e:
-                return [f"/{name}: unreadable ({e})"], np.zeros(0, dtype=np.int64)
-        n = ds.shape[0]
-        row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
-        chunk = ds.chunks[0] if ds.chunks else _chunk_rows(n, row_bytes)
-        step = max(chunk, (_BLOCK_BYTES // row_bytes) // chunk * chunk)
+        """Read all of one dataset. Returns its unreadable row ranges and, for /embeddings, the rows
+        holding NaN or inf. A virtual dataset is read in its source files, so a damaged chunk is named
+        by rows of this cache and by file."""
+        if not ds.is_virtual:
+            return _scan(ds, f"/{name}", 0, name == "embeddings")
         bad, nonfinite = [], []
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            try:
-                block = ds[start:stop]
-            except OSError:
-                for lo in range(start, stop, chunk):
-                    hi = min(lo + chunk, stop)
-                    try:
-                        ds[lo:hi]
-                    except OSError as e:
-                        checksummed = ds.fletcher32 or ds.is_virtual
-                        what = ("corrupted bytes (checksum mismatch)" if checksummed and "filter" in str(e)
-                                else f"unreadable ({e})")
-                        bad.append(f"/{name} rows {lo}-{hi - 1}: {what}")
-                continue
-            if name == "embeddings":
-                nonfinite.extend(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
-        return bad, np.asarray(nonfinite, dtype=np.int64)
+        for file, dset, first in self._virtual_sources():
+            with h5py.File(file, "r") as source:
+                part_bad, part_rows = _scan(source[dset], f"/{name}", first, True, f" (in {file.name})")
+            bad += part_bad
+            nonfinite.append(part_rows)
+        return bad, np.concatenate(nonfinite) if nonfinite else np.zeros(0, dtype=np.int64)
 
     def validate(self, scan_values: bool = True) -> None:
         """Raise CacheError listing every problem found.
 
-        Checks shapes and types, ids (unique, non-empty), codes against their names, the recipe
-        fingerprint, completeness, the shard files of a virtual /embeddings, and, with `scan_values`,
-        reads every byte of every dataset: a chunk whose checksum does not match is named by dataset
-        and rows, and embedding rows with NaN or inf are named by id. Datasets without checksums
-        (`unchecksummed`) are read too, but corrupted bytes in them go unnoticed.
+        Checks the embedding dtype, ids (unique, non-empty), codes against their names, the recipe
+        fingerprint and completeness (the schema's required parts were checked on opening), and, with
+        `scan_values`, reads every byte of every dataset: a chunk whose checksum does not match is named
+        by dataset and rows, and embedding rows with NaN or inf are named by id. Datasets without
+        checksums (`unchecksummed`) are read too, but corrupted bytes in them go unnoticed.
         """
         problems: list[str] = []
         if str(self.dtype) not in EMBEDDING_DTYPES:
             problems.append(f"/embeddings dtype {self.dtype} is not one of {EMBEDDING_DTYPES}")
-        missing_sources = sorted({str(file) for file, _ in self._virtual_sources() if not file.is_file()})
-        if missing_sources:
-            problems.append(f"virtual /embeddings points at missing file(s) {missing_sources}")
         corrupted, nonfinite = [], np.zeros(0, dtype=np.int64)
-        if scan_values and not missing_sources:
+        if scan_values:
             for name, ds in self._datasets().items():
                 bad, rows = self._read_all(name, ds)
                 corrupted += bad
@@ -1059,9 +1078,10 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, virtual: bool 
                 for shard in shards:
                     for _, block in shard.iter_chunks():
                         target.append(block)
-            with target._writing(rows_saved=target.rows_written):
-                _write_strings(target._file, "skipped/ids", [i for i, _ in skipped])
-                _write_strings(target._file, "skipped/errors", [e for _, e in skipped])
+            if skipped:
+                with target._writing(rows_saved=target.rows_written):
+                    _write_strings(target._file, "skipped/ids", [i for i, _ in skipped])
+                    _write_strings(target._file, "skipped/errors", [e for _, e in skipped])
             target._appended = target.n_rows  # a virtual dataset's rows are in the shards already
             target.finalize()
     finally:

@@ -187,6 +187,22 @@ def test_merge_shards_in_any_order(tmp_path, arrays, virtual):
         c.validate()
         np.testing.assert_array_equal(c.embeddings(), emb)
         assert list(c.metadata().ids) == list(meta.ids)
+        assert c.unchecksummed() == []  # a virtual /embeddings has none of its own: the shards' are verified
+        assert c._file["embeddings"].is_virtual == virtual
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5", "s0.h5", "s1.h5", "s2.h5"]
+    with h5py.File(paths[1]) as f:
+        chunk = f["embeddings"].id.get_chunk_info(0)
+    _flip_byte(paths[1], chunk.byte_offset + 10)
+    with EmbeddingCache(out) as c:  # copied rows are checked in the merged file, virtual ones in the shard
+        if virtual:
+            with pytest.raises(CacheError, match=r"/embeddings rows 85-170 \(in s1.h5\): corrupted bytes"):
+                c.validate()
+        else:
+            c.validate()
+    if virtual:  # without its shards a virtual dataset would read as zeros
+        paths[2].rename(tmp_path / "elsewhere.h5")
+        with pytest.raises(CacheError, match=r"virtual /embeddings reads rows from \[.*s2.h5'\], which are not"):
+            EmbeddingCache(out)
 
 
 def test_merge_refuses_mixed_recipes_missing_shards_and_incomplete(tmp_path, arrays):
@@ -244,7 +260,9 @@ def test_corrupted_bytes_are_named_by_dataset_and_rows_while_other_chunks_read(t
 def _foreign_cache(path, recipe_value, emb, meta, **drop):
     """A cache as another tool writes it from the schema table alone: plain h5py, contiguous datasets,
     variable-length ids, no checksums, no rows_written, a recipe of its own shape."""
-    identity = {k: v for k, v in recipe_value.items() if k != "spec"} if isinstance(recipe_value, dict) else recipe_value
+    identity = recipe_value
+    if isinstance(recipe_value, dict):  # the fingerprint leaves out "spec", as the README says
+        identity = {k: v for k, v in recipe_value.items() if k != "spec"}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     with h5py.File(path, "w") as f:
         attrs = {"schema_version": 1, "embedcache_version": "other-tool 2.0", "recipe": json.dumps(recipe_value),

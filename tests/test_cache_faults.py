@@ -270,3 +270,47 @@ def test_read_only_places_give_one_line_errors_and_resume_never_advises_overwrit
         for folder, _, _ in os.walk(base):
             os.chmod(folder, 0o755)
         shutil.rmtree(base)
+
+
+#: Writes 1200 rows of 512 float32 (chunks of 512 rows) in appends of 100 rows, skipping row 5 and row 650.
+SKIPPING_WRITER = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from helpers import make_metadata, recipe
+from embedcache.cache import EmbeddingCache, partial_path
+out = sys.argv[2]
+emb = np.random.default_rng(0).normal(size=(1200, 512)).astype(np.float32)
+bad = {5: "unreadable 5", 650: "unreadable 650"}
+if sys.argv[3] == "create":
+    cache = EmbeddingCache.create(out, make_metadata(1200), dim=512, dtype="float32", recipe=recipe(), dataset={})
+else:
+    cache = EmbeddingCache(partial_path(out), "r+")
+with cache:
+    for start in range(cache.rows_written, 1200, 100):
+        rows = [r for r in range(start, start + 100) if r not in bad]
+        cache.append(emb[rows], skipped={r - start: bad[r] for r in bad if start <= r < start + 100})
+    cache.finalize()
+"""
+
+
+def test_a_kill_between_saving_rows_and_counting_them_records_each_skipped_row_once(tmp_path):
+    """Rows are flushed, then rows_written: a kill in between leaves the skipped entries of rows the
+    resumed run redoes, which must not be recorded twice."""
+    def write(out, how, crash_at=None):
+        env = {**os.environ, **({ENV: crash_at} if crash_at else {})}
+        return subprocess.run([sys.executable, "-c", SKIPPING_WRITER, str(Path(__file__).parent), str(out), how],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    assert write(tmp_path / "reference.h5", "create").returncode == 0
+    out = tmp_path / "c.h5"
+    killed = write(out, "create", crash_at="cache.save:2")  # rows 0-1099 flushed, rows_written still 600
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with h5py.File(partial_path(out)) as f:
+        assert f.attrs["rows_written"] == 600 and len(f["skipped/ids"]) == 2  # row 650 is past the count
+    resumed = write(out, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_cache(out, tmp_path / "reference.h5")
+    with EmbeddingCache(out) as cache:
+        assert cache.skipped_ids == ["id00005", "id00650"]
+        assert cache.skipped_errors == ["unreadable 5", "unreadable 650"]
