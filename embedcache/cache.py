@@ -36,6 +36,11 @@ import os
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
 import h5py
 import numpy as np
 
@@ -284,9 +289,27 @@ class _WriteGuard(io.RawIOBase):
     check `error` after each step and report it.
     """
 
-    def __init__(self, path: Path, mode: str):
+    def __init__(self, path: Path, create: bool):
+        """Open `path` for reading and writing (with `create`, made empty first), locked against other
+        writers and readers as HDF5 locks its own files (which this driver does not): the lock is
+        taken before anything is truncated."""
         super().__init__()
-        self._raw = open(path, mode, buffering=0)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise CacheError(f"{path} is open in another process (an extraction writing it?); wait for it "
+                                     "to finish or stop it") from None
+                except OSError:
+                    pass  # a file system without locks: write unlocked, as HDF5 does there
+            if create:
+                os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._raw = open(fd, "r+b", buffering=0)
         self.error: OSError | None = None
 
     def readable(self) -> bool:
@@ -341,7 +364,7 @@ class _WriteGuard(io.RawIOBase):
 
 def _open_guarded(path: Path, mode: str) -> tuple[_WriteGuard, h5py.File]:
     """An HDF5 file opened for writing ("w" creates or truncates, "r+" updates) through a `_WriteGuard`."""
-    guard = _WriteGuard(path, "w+b" if mode == "w" else "r+b")
+    guard = _WriteGuard(path, create=mode == "w")
     try:  # room for the two chunks an append may straddle, so each is written once
         return guard, h5py.File(guard, mode, rdcc_nbytes=4 * _CHUNK_BYTES)
     except BaseException:
@@ -393,6 +416,9 @@ class EmbeddingCache:
             if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 doing = "reading" if mode == "r" else "writing"
                 raise CacheError(f"{path}: cannot open it for {doing} ({_reason(e)})") from None
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(e):
+                raise CacheError(f"{path} is open in another process (an extraction writing it?); wait for it to "
+                                 "finish or stop it") from None
             raise NotACacheError(path, f"cannot open as HDF5 ({e})") from None
         version = self._file.attrs.get("schema_version")
         if version != SCHEMA_VERSION:

@@ -23,6 +23,7 @@ from helpers import make_metadata, recipe
 from embedcache.cache import EmbeddingCache, partial_path
 from embedcache.cli import main
 from embedcache.datasets.synthetic import write_image_manifest, write_text_jsonl
+from embedcache.errors import CacheError
 from embedcache.faults import ENV
 
 TIMM = ["--backbone", "timm:test_resnet", "--weights", "random", "--workers", "0", "--quiet"]
@@ -314,3 +315,44 @@ def test_a_kill_between_saving_rows_and_counting_them_records_each_skipped_row_o
     with EmbeddingCache(out) as cache:
         assert cache.skipped_ids == ["id00005", "id00650"]
         assert cache.skipped_errors == ["unreadable 5", "unreadable 650"]
+
+
+#: Starts writing the cache argv[1], says "ready", and keeps it open until its stdin closes.
+HOLDING_WRITER = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from helpers import make_metadata, recipe
+from embedcache.cache import EmbeddingCache
+with EmbeddingCache.create(sys.argv[1], make_metadata(100), dim=4, dtype="float32", recipe=recipe(),
+                           dataset={}) as cache:
+    cache.append(np.ones((10, 4), dtype=np.float32))
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_cache_being_written_is_not_touched_by_a_second_writer(tmp_path):
+    """HDF5 locks the files it opens itself; ours go through a Python file object, so we lock them: a
+    second extraction into the same --out is refused at once, even with --overwrite, and nothing of
+    the first one's file changes."""
+    out = tmp_path / "c.h5"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDING_WRITER, str(out), str(Path(__file__).parent)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        before = partial_path(out).read_bytes()
+        message = f"{partial_path(out)} is open in another process (an extraction writing it?)"
+        for attempt in (lambda: EmbeddingCache(partial_path(out), "r+"),
+                        lambda: EmbeddingCache(partial_path(out)),
+                        lambda: EmbeddingCache.create(out, make_metadata(100), dim=4, dtype="float32",
+                                                      recipe=recipe(), dataset={}, overwrite=True)):
+            with pytest.raises(CacheError) as refused:
+                attempt()
+            assert str(refused.value).startswith(message)
+        assert partial_path(out).read_bytes() == before
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    with EmbeddingCache(partial_path(out)) as cache:
+        assert cache.rows_written == 10
