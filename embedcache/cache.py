@@ -711,7 +711,8 @@ class EmbeddingCache:
         start = 0
         for shard in shards:
             source = os.path.relpath(shard.path.resolve(), base.resolve())
-            layout[start:start + shard.n_rows] = h5py.VirtualSource(source, "embeddings", shape=(shard.n_rows, shard.dim))
+            layout[start:start + shard.n_rows] = h5py.VirtualSource(source, "embeddings",
+                                                                    shape=(shard.n_rows, shard.dim))
             start += shard.n_rows
         del self._rows, self._file["embeddings"]
         self._rows = self._file.create_virtual_dataset("embeddings", layout)
@@ -1068,11 +1069,12 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, virtual: bool 
         first = shards[0]
         for shard in shards:
             shard.require_complete()
-            if shard.shard is None:
+            if not (isinstance(shard.shard, dict) and {"index", "count"} <= shard.shard.keys()):
                 raise CacheError(f"{shard.path} is not a shard (extracted without --shard)")
             if shard.fingerprint != first.fingerprint:
                 raise CacheError(f"{shard.path} has recipe {shard.fingerprint[:12]}, {first.path} has "
-                                 f"{first.fingerprint[:12]}: " + "; ".join(recipe_difference(first.recipe, shard.recipe)))
+                                 f"{first.fingerprint[:12]}: "
+                                 + "; ".join(recipe_difference(first.recipe, shard.recipe)))
             if shard.dataset.get("manifest_sha256") != first.dataset.get("manifest_sha256"):
                 raise CacheError(f"{shard.path} and {first.path} come from different datasets")
             if shard.dtype != first.dtype:
