@@ -34,7 +34,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 try:
     import fcntl
@@ -454,7 +454,7 @@ class EmbeddingCache:
         *,
         dim: int,
         dtype: str,
-        recipe,
+        recipe: Any,
         dataset: Mapping,
         shard: Mapping | None = None,
         overwrite: bool = False,
@@ -668,9 +668,10 @@ class EmbeddingCache:
             raise CacheWriteError(f"cannot move the finished cache onto {target} ({_reason(e)}); its rows are kept "
                                   f"in {source}; {_remedy(e, target.parent)}") from None
         crash_point("cache.cleanup")
-        if source != target:
-            with contextlib.suppress(OSError):  # a leftover copy: `extract --resume` removes it next time
+        with contextlib.suppress(OSError):  # leftovers: `extract --resume` removes the rows file next time
+            if source != target:
                 source.unlink(missing_ok=True)
+            _compacting_path(target).unlink(missing_ok=True)  # of an attempt killed while compacting
         self._open(target, "r")
 
     def _compact_into(self, dest: Path, keep: np.ndarray) -> None:
