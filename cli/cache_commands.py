@@ -30,9 +30,10 @@ from embedcache.cli.options import backbone_options, dataset_options, parse_key_
               help="Extract only the I-th of N contiguous slices (0-based), e.g. one SLURM array task; "
                    "join the shards with `embedcache merge`.")
 @click.option("--resume", is_flag=True,
-              help="Continue an interrupted extraction into --out (a complete one of the same recipe and "
-                   "dataset is left as it is).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+              help="Continue an interrupted extraction into --out (its rows are in --out.partial until it is "
+                   "complete); a complete --out of the same recipe and dataset is left as it is.")
+@click.option("--overwrite", is_flag=True,
+              help="Extract again and replace an existing --out once the new cache is complete.")
 @click.option("--skip-bad", is_flag=True,
               help="Leave out missing or unreadable examples instead of stopping; their ids and errors are "
                    "recorded in the cache (see `embedcache info`).")
@@ -41,7 +42,8 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
             batch_size, workers, device, amp, dtype, channels_last, shard, resume, overwrite, skip_bad, quiet):
     """Extract backbone embeddings of a dataset into an HDF5 cache.
 
-    Rows follow the dataset's order; a killed run continues with --resume. Example:
+    Rows follow the dataset's order and go to --out.partial, which becomes --out once complete; a
+    killed run continues with --resume. Example:
 
       embedcache extract --dataset imagefolder --root photos/ \\
           --backbone timm:resnetv2_50x1_bit.goog_in21k --out caches/photos-bitm.h5
@@ -59,7 +61,7 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
     unit = "img" if model.modality == "image" else "text"
     with progress_bar(f"extract {out.name}", unit, enabled=not quiet) as progress:
         result = run_extract(data, model, out, options, progress=progress)
-    if result.resumed_from >= result.rows:
+    if result.already_complete:
         click.echo(f"{result.path} is already complete ({result.rows} rows): nothing to do")
         return
     new_rows = result.rows + len(result.skipped) - result.resumed_from
@@ -77,7 +79,7 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
 @click.option("--virtual", is_flag=True,
               help="Write an HDF5 virtual dataset pointing at the shard files instead of copying the rows "
                    "(fast, small; keep the shards next to the merged file).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file once the merged one is complete.")
 def merge(shards, out, virtual, overwrite):
     """Join the shards of one extraction (made with --shard I/N) into one cache.
 
@@ -101,8 +103,8 @@ def _counts(counts: dict, limit: int = 8) -> str:
 @click.argument("cache", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
 @click.option("--check", is_flag=True,
-              help="Also validate the whole file (shapes, unique ids, codes, recipe, NaN/inf rows); "
-                   "exit 1 with the problems if any.")
+              help="Also read and validate the whole file (chunk checksums, shapes, unique ids, codes, recipe, "
+                   "NaN/inf rows); exit 1 with the problems if any.")
 def info(cache, as_json, check):
     """Summarise a cache: rows, dim, dtype, splits, labels, groups, recipe, and whether it is complete."""
     from embedcache.cache import EmbeddingCache
@@ -114,7 +116,6 @@ def info(cache, as_json, check):
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
-    recipe = s["recipe"]
     state = "complete" if s["complete"] else f"INCOMPLETE ({s['rows_written']}/{s['rows']} rows written)"
     lines = [
         f"{s['path']}  {state}",
@@ -124,20 +125,41 @@ def info(cache, as_json, check):
     ]
     for name, counts in s["groups"].items():
         lines.append(f"  group     {name} ({len(counts)} values): {_counts(counts)}")
-    lines += [
-        f"  recipe    {s['recipe_fingerprint'][:16]}  {recipe['spec']}",
-        f"            weights {json.dumps(recipe['weights'])}",
-        f"            features {json.dumps(recipe['features'])}  amp {recipe['amp']}",
-        f"            preprocess {json.dumps(recipe['preprocess'])}",
-        f"  dataset   {s['dataset'].get('name')} at {s['dataset'].get('root')} "
-        f"(manifest {str(s['dataset'].get('manifest_sha256', ''))[:16]})",
-    ]
+    lines += _recipe_lines(s["recipe_fingerprint"], s["recipe"])
+    dataset = s["dataset"]
+    lines.append(f"  dataset   {dataset.get('name')} at {dataset.get('root')} "
+                 f"(manifest {str(dataset.get('manifest_sha256', ''))[:16]})")
     if "shard" in s:
         sh = s["shard"]
-        lines.append(f"  shard     {sh['index']}/{sh['count']}: rows {sh['start']}..{sh['stop']} of {sh['total']}")
+        lines.append(f"  shard     {sh.get('index')}/{sh.get('count')}: rows {sh.get('start')}..{sh.get('stop')} of "
+                     f"{sh.get('total')}" if isinstance(sh, dict) else f"  shard     {json.dumps(sh)}")
     if "skipped" in s:
         lines.append(f"  skipped   {len(s['skipped'])}: " + "; ".join(x["id"] for x in s["skipped"][:5]))
     lines.append("  versions  " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
     if check:
-        lines.append("  check     ok")
+        lines.append("  check     ok" + _checksum_note(s["unchecksummed"], s["datasets"]))
     click.echo("\n".join(lines))
+
+
+def _checksum_note(unchecked: list[str], datasets: int) -> str:
+    if not unchecked:
+        return ", every chunk checksum verified"
+    if len(unchecked) == datasets:
+        return (": but its bytes are not checksummed (written before embedcache stored checksums, or by another "
+                "tool), so corrupted bytes cannot be detected; extract it again to add them")
+    return f": but {', '.join(unchecked)} carry no checksums, so corrupted bytes there cannot be detected"
+
+
+def _recipe_lines(fingerprint: str, recipe) -> list[str]:
+    """Our recipes field by field; any other JSON recipe (another tool's cache) as it is."""
+    from embedcache.recipe import canonical_json
+
+    ours = ("spec", "weights", "features", "amp", "preprocess")
+    if not (isinstance(recipe, dict) and all(key in recipe for key in ours)):
+        return [f"  recipe    {fingerprint[:16]}  {canonical_json(recipe)}"]
+    return [
+        f"  recipe    {fingerprint[:16]}  {recipe['spec']}",
+        f"            weights {json.dumps(recipe['weights'])}",
+        f"            features {json.dumps(recipe['features'])}  amp {recipe['amp']}",
+        f"            preprocess {json.dumps(recipe['preprocess'])}",
+    ]

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from embedcache.backbones import Backbone
-from embedcache.cache import EmbeddingCache
+from embedcache.cache import PARTIAL_SUFFIX, CacheWriteError, EmbeddingCache, NotACacheError, partial_path
 from embedcache.datasets import DatasetAdapter
 from embedcache.errors import CacheError, ConfigError, DatasetError
 from embedcache.metadata import Metadata
+from embedcache.recipe import recipe_difference, recipe_fingerprint
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: progress(done, total): called once at the start and after every batch.
@@ -43,6 +44,7 @@ class ExtractResult:
     path: Path
     rows: int  # rows in the finished cache
     resumed_from: int  # rows already present when this call started
+    already_complete: bool  # `resume` found a complete cache at `out`: nothing was written
     skipped: list[tuple[str, str]]  # (id, reason) of examples left out with skip_bad
     seconds: float
 
@@ -56,6 +58,8 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return resolved
 
 
@@ -110,44 +114,97 @@ def example_loader(dataset: DatasetAdapter, transform: Callable, collate: Callab
                                        num_workers=workers, collate_fn=_Collate(collate), pin_memory=pin_memory)
 
 
-def _open_output(path: Path, metadata: Metadata, dim: int, recipe: dict, dataset: dict, shard: dict | None,
+def _difference(cache: EmbeddingCache, recipe: dict, dataset: dict, shard: dict | None) -> str | None:
+    """How `cache` differs from the extraction asked for ("another recipe (...)", dataset or shard), or None."""
+    if cache.fingerprint != recipe_fingerprint(recipe):
+        return (f"another recipe (fingerprint {cache.fingerprint[:12]}, asked for {recipe_fingerprint(recipe)[:12]}: "
+                + "; ".join(recipe_difference(cache.recipe, recipe)) + ")")
+    if cache.dataset.get("manifest_sha256") != dataset["manifest_sha256"]:
+        return "another dataset (its manifest differs)"
+    if cache.shard != shard:
+        return f"another shard ({cache.shard or 'the whole dataset'}, asked for {shard or 'the whole dataset'})"
+    return None
+
+
+def _open_output(out: Path, metadata: Metadata, dim: int, recipe: dict, dataset: dict, shard: dict | None,
                  options: ExtractOptions) -> EmbeddingCache:
-    """A new cache, or the one to resume (interrupted, or already complete: nothing left to do);
-    never silently replaces an existing file."""
-    if path.exists() and not options.overwrite:
+    """The cache to write or to finish, or, when `resume` finds nothing to do, the complete one at `out`.
+
+    A cache being written lives in `<out>.partial` until `finalize` moves it onto `out`, so a file
+    at `out` is complete, except one an older embedcache left interrupted in place, which `resume`
+    still continues. Nothing is replaced without `overwrite`, and then only once the new cache is
+    done. Each refusal says what is there and what each option would do with it.
+    """
+    if options.overwrite:
+        return EmbeddingCache.create(out, metadata, dim=dim, dtype=options.dtype, recipe=recipe, dataset=dataset,
+                                     shard=shard, overwrite=True)
+    partial = partial_path(out)
+    unfinished = partial if partial.exists() else None
+    if out.exists():
         try:
-            existing = EmbeddingCache(path, "r+")
-        except CacheError as e:
-            raise CacheError(f"{path} exists and is not a cache this version can resume ({e}); "
-                             "choose another --out or pass --overwrite") from None
-        try:
-            existing.check_recipe(recipe)
-            if existing.dataset.get("manifest_sha256") != dataset["manifest_sha256"] or existing.shard != shard:
-                raise CacheError(f"{path} was made from another dataset or shard; choose another --out or pass "
-                                 "--overwrite")
-            if existing.complete and not options.resume:
-                raise CacheError(f"{path} is already complete; pass --overwrite to extract it again "
-                                 "(--resume leaves it as it is)")
-            if not options.resume:
-                raise CacheError(f"{path} holds an interrupted extraction ({existing.rows_written}/"
-                                 f"{existing.n_rows} rows); pass --resume to continue or --overwrite to start over")
-        except CacheError:
-            existing.close()
-            raise
-        return existing
-    if path.exists():
-        path.unlink()
-    return EmbeddingCache.create(path, metadata, dim=dim, dtype=options.dtype, recipe=recipe,
-                                 dataset=dataset, shard=shard)
+            existing = EmbeddingCache(out)
+        except NotACacheError as e:
+            raise CacheError(f"{out} exists and is not an embedding cache ({e.reason}); choose another --out, or pass "
+                             "--overwrite to replace it") from None
+        with existing:
+            if not existing.complete:
+                unfinished = unfinished or out  # interrupted in place by an older embedcache
+            elif (difference := _difference(existing, recipe, dataset, shard)) is None:
+                if not options.resume:
+                    raise CacheError(f"{out} is already complete with this recipe and dataset: nothing to do "
+                                     "(--resume accepts a complete cache without this error)")
+                _remove_finished_partial(partial, recipe, dataset, shard)
+                return EmbeddingCache(out)
+            elif unfinished is None:  # else an interrupted --overwrite, which --resume finishes
+                raise CacheError(f"{out} holds {difference}; choose another --out, or pass --overwrite to replace "
+                                 "it")
+    if unfinished is None:
+        return EmbeddingCache.create(out, metadata, dim=dim, dtype=options.dtype, recipe=recipe, dataset=dataset,
+                                     shard=shard)
+    try:
+        cache = EmbeddingCache(unfinished)
+    except NotACacheError as e:
+        raise CacheError(f"{unfinished} is left from an interrupted extraction and cannot be read ({e.reason}); pass "
+                         "--overwrite to start over") from None
+    with cache:
+        progress = f"{cache.rows_written}/{cache.n_rows} rows"
+        difference = _difference(cache, recipe, dataset, shard)
+        if difference:
+            raise CacheError(f"{unfinished} holds an interrupted extraction ({progress}) of {difference}; pass "
+                             "--overwrite to start over with this one, or choose another --out")
+        if unfinished == out and cache.rows_written == cache.n_rows and cache.skipped_ids:
+            raise CacheError(f"{out} was left incomplete by an older embedcache after all its rows were written, "
+                             "perhaps while it was dropping skipped rows in place, so its rows cannot be trusted; "
+                             "pass --overwrite to extract it again")
+        if not options.resume:
+            raise CacheError(f"{unfinished} holds an interrupted extraction ({progress}); pass --resume to continue "
+                             "it, or --overwrite to start over")
+    return EmbeddingCache(unfinished, "r+")
+
+
+def _remove_finished_partial(partial: Path, recipe: dict, dataset: dict, shard: dict | None) -> None:
+    """Delete `<out>.partial` when it holds the same extraction as the complete `out`: what a run killed
+    after publishing its cache, before removing its rows file, leaves behind."""
+    try:
+        with EmbeddingCache(partial) as leftover:
+            finished = _difference(leftover, recipe, dataset, shard) is None
+    except CacheError:
+        return
+    if finished:
+        partial.unlink(missing_ok=True)
 
 
 def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, options: ExtractOptions | None = None,
             progress: Progress | None = None) -> ExtractResult:
     """Run `backbone` over `dataset` (or one shard of it) and write the features to the cache `out`.
 
-    Rows are written in dataset order. With `resume`, an interrupted cache with the same recipe,
-    dataset and shard continues at its last written row. A bad example (missing or unreadable
-    file) stops the run with an error naming it, unless `skip_bad`, which records and drops it.
+    Rows are written in dataset order to `<out>.partial`, which becomes `out` in one rename once it
+    is complete (see `EmbeddingCache.create`). With `resume`, an interrupted extraction with the same
+    recipe, dataset and shard continues at its last written row, and a complete `out` is kept as it
+    is; with `overwrite`, an existing `out` is replaced once the new cache is complete. A bad example
+    (missing or unreadable file) stops the run with an error naming it, unless `skip_bad`, which
+    records and drops it. Every option is checked before anything is written; a write the OS refuses
+    (disk full) stops with an error that says how many rows are saved for `resume`.
     """
     options = options or ExtractOptions()
     started = time.perf_counter()
@@ -156,6 +213,14 @@ def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, option
         raise ConfigError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {options.amp!r}")
     if options.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    if options.num_workers is not None and options.num_workers < 0:
+        raise ConfigError("--workers must be 0 or more")
+    if options.resume and options.overwrite:
+        raise ConfigError("--resume continues --out and --overwrite starts it again: pass one of them")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the cache a file name such as {out / 'cache.h5'}")
+    if out.name.endswith(PARTIAL_SUFFIX):
+        raise ConfigError(f"--out {out}: names ending in {PARTIAL_SUFFIX} are for unfinished caches; choose another")
     device = resolve_device(options.device)
     index, count = options.shard
     rows = shard_range(len(dataset.metadata), index, count)
@@ -173,10 +238,15 @@ def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, option
                          recipe, dataset.describe(), shard, options)
     with cache:
         done = cache.rows_written
-        if not cache.complete:
-            _run(dataset, backbone, cache, rows[done:], device, options, progress, done, len(rows))
-            cache.finalize()
-        return ExtractResult(path=out, rows=cache.n_rows, resumed_from=done,
+        already_complete = cache.target is None
+        try:
+            if not already_complete:
+                if not cache.complete:
+                    _run(dataset, backbone, cache, rows[done:], device, options, progress, done, len(rows))
+                cache.finalize()
+        except CacheWriteError as e:
+            raise CacheWriteError(f"{e}, then rerun with --resume to continue") from None
+        return ExtractResult(path=out, rows=cache.n_rows, resumed_from=done, already_complete=already_complete,
                              skipped=list(zip(cache.skipped_ids, cache.skipped_errors)),
                              seconds=time.perf_counter() - started)
 

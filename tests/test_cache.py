@@ -1,15 +1,22 @@
-"""EmbeddingCache: schema v1 layout, writing in order, resume, reading, iteration, validation, merge."""
+"""EmbeddingCache: schema v1 layout, writing in order, resume, reading, iteration, validation (checksums,
+required parts), caches from other tools, merge."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers import make_metadata, recipe
 
-from embedcache.cache import SCHEMA_VERSION, EmbeddingCache, merge_shards
+from embedcache.cache import SCHEMA_VERSION, EmbeddingCache, NotACacheError, merge_shards, partial_path
+from embedcache.cli import main
+from embedcache.datasets.synthetic import ambiguity_embeddings
 from embedcache.errors import CacheError, DatasetError
-from embedcache.recipe import recipe_fingerprint
+from embedcache.recipe import canonical_json, recipe_difference, recipe_fingerprint, recipe_label
 
 
 @pytest.fixture
@@ -24,7 +31,7 @@ def test_schema_layout_matches_design(tmp_path, arrays):
     with h5py.File(path) as f:
         assert f["embeddings"].shape == (257, 24) and f["embeddings"].dtype == np.float32
         assert f["embeddings"].chunks[1] == 24  # row-chunked
-        assert f["ids"].dtype.kind == "O" and f["ids"].asstr()[0] == "id00000"
+        assert h5py.check_string_dtype(f["ids"].dtype).encoding == "utf-8" and f["ids"].asstr()[0] == "id00000"
         assert f["label"].dtype == np.int64 and list(f["label"].attrs["names"]) == ["a", "b", "c"]
         assert f["split"].dtype == np.int8 and [s for s in f["split"].attrs["names"]] == ["train", "val"]
         assert f["groups/place"].dtype == np.int64 and list(f["groups/place"].attrs["names"]) == ["land", "water"]
@@ -32,6 +39,9 @@ def test_schema_layout_matches_design(tmp_path, arrays):
         assert f.attrs["complete"] and f.attrs["recipe_fingerprint"] == recipe_fingerprint(recipe())
         for key in ("embedcache_version", "recipe", "dataset", "versions"):
             assert key in f.attrs
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        assert len(datasets) == 6 and all(ds.fletcher32 for ds in datasets)  # every chunk checksummed
 
 
 def test_roundtrip_reads_rows_columns_and_chunks(tmp_path, arrays):
@@ -59,17 +69,23 @@ def test_append_resume_and_complete_only_at_finalize(tmp_path, arrays):
     emb, meta = arrays
     path = tmp_path / "c.h5"
     with EmbeddingCache.create(path, meta, dim=24, dtype="float32", recipe=recipe(), dataset={"name": "x"}) as c:
+        assert c.path == partial_path(path) and c.target == path
         c.append(emb[:100])
-    with EmbeddingCache(path) as c:
+    assert not path.exists()  # only a complete cache ever sits at the final path
+    with pytest.raises(CacheError, match=r"no such cache file \(.*c.h5.partial holds an unfinished write"):
+        EmbeddingCache(path)
+    with EmbeddingCache(partial_path(path)) as c:
         assert not c.complete and c.rows_written == 100
         with pytest.raises(CacheError, match="not complete .100/257"):
             c.require_complete()
         with pytest.raises(CacheError, match="not complete"):
             c.validate()
-    with EmbeddingCache(path, "r+") as c:
+    with EmbeddingCache(partial_path(path), "r+") as c:
         c.append(emb[100:200])
         c.append(emb[200:])
         c.finalize()
+        assert c.path == path and c.complete  # open for reading at the final path
+    assert not partial_path(path).exists()
     with EmbeddingCache(path) as c:
         assert c.complete
         np.testing.assert_array_equal(c.embeddings(), emb)
@@ -171,6 +187,22 @@ def test_merge_shards_in_any_order(tmp_path, arrays, virtual):
         c.validate()
         np.testing.assert_array_equal(c.embeddings(), emb)
         assert list(c.metadata().ids) == list(meta.ids)
+        assert c.unchecksummed() == []  # a virtual /embeddings has none of its own: the shards' are verified
+        assert c._file["embeddings"].is_virtual == virtual
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5", "s0.h5", "s1.h5", "s2.h5"]
+    with h5py.File(paths[1]) as f:
+        chunk = f["embeddings"].id.get_chunk_info(0)
+    _flip_byte(paths[1], chunk.byte_offset + 10)
+    with EmbeddingCache(out) as c:  # copied rows are checked in the merged file, virtual ones in the shard
+        if virtual:
+            with pytest.raises(CacheError, match=r"/embeddings rows 85-170 \(in s1.h5\): corrupted bytes"):
+                c.validate()
+        else:
+            c.validate()
+    if virtual:  # without its shards a virtual dataset would read as zeros
+        paths[2].rename(tmp_path / "elsewhere.h5")
+        with pytest.raises(CacheError, match=r"virtual /embeddings reads rows from \[.*s2.h5'\], which are not"):
+            EmbeddingCache(out)
 
 
 def test_merge_refuses_mixed_recipes_missing_shards_and_incomplete(tmp_path, arrays):
@@ -188,3 +220,114 @@ def test_merge_refuses_mixed_recipes_missing_shards_and_incomplete(tmp_path, arr
     with pytest.raises(CacheError, match="not complete"):
         merge_shards(good, tmp_path / "m.h5")
     assert not (tmp_path / "m.h5").exists()
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output and not isinstance(result.exception, (KeyError, AttributeError, OSError))
+    return result
+
+
+def _flip_byte(path, offset: int) -> None:
+    with open(path, "r+b") as raw:
+        raw.seek(offset)
+        byte = raw.read(1)
+        raw.seek(offset)
+        raw.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_corrupted_bytes_are_named_by_dataset_and_rows_while_other_chunks_read(tmp_path):
+    emb = np.random.default_rng(2).normal(size=(1200, 512)).astype(np.float32)  # 1 MiB chunks: rows 0-511, ...
+    path = EmbeddingCache.write(tmp_path / "c.h5", emb, make_metadata(1200), recipe=recipe())
+    with h5py.File(path) as f:
+        assert f["embeddings"].chunks == (512, 512)
+        embeddings_chunk = f["embeddings"].id.get_chunk_info(1)  # rows 512-1023
+        label_chunk = f["label"].id.get_chunk_info(0)
+    _flip_byte(path, embeddings_chunk.byte_offset + 1000)
+    _flip_byte(path, label_chunk.byte_offset + 8 * 700)  # the label of row 700
+    result = cli("info", "--check", path)
+    assert result.exit_code == 1
+    assert "/embeddings rows 512-1023: corrupted bytes (checksum mismatch)" in result.output
+    assert "/label rows 0-1199: corrupted bytes (checksum mismatch)" in result.output
+    assert "restore the file from a copy or extract it again" in result.output and result.output.count("\n") == 1
+    with EmbeddingCache(path) as cache:  # the other chunks still read
+        np.testing.assert_array_equal(cache.embeddings(slice(0, 512)), emb[:512])
+        np.testing.assert_array_equal(cache.embeddings(np.array([1100, 3])), emb[[1100, 3]])
+        with pytest.raises(CacheError, match=r"cannot read /embeddings .*`embedcache info --check .*c.h5` names"):
+            cache.embeddings(np.array([700]))
+
+
+def _foreign_cache(path, recipe_value, emb, meta, **drop):
+    """A cache as another tool writes it from the schema table alone: plain h5py, contiguous datasets,
+    variable-length ids, no checksums, no rows_written, a recipe of its own shape."""
+    identity = recipe_value
+    if isinstance(recipe_value, dict):  # the fingerprint leaves out "spec", as the README says
+        identity = {k: v for k, v in recipe_value.items() if k != "spec"}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    with h5py.File(path, "w") as f:
+        attrs = {"schema_version": 1, "embedcache_version": "other-tool 2.0", "recipe": json.dumps(recipe_value),
+                 "recipe_fingerprint": hashlib.sha256(canonical.encode()).hexdigest(),
+                 "dataset": json.dumps({"name": "mine"}), "complete": True, "versions": json.dumps({"other": "2.0"})}
+        for key, value in attrs.items():
+            if key not in drop:
+                f.attrs[key] = value
+        columns = {"embeddings": emb, "ids": np.array(list(meta.ids), dtype=h5py.string_dtype()),
+                   "label": meta.label, "split": meta.split}
+        for name, data in columns.items():
+            if name not in drop:
+                f[name] = data
+        if "split" in f:
+            f["split"].attrs["names"] = list(meta.split_names)
+        for name, codes in meta.groups.items():
+            f[f"groups/{name}"] = codes
+            f[f"groups/{name}"].attrs["names"] = list(meta.group_names[name])
+    return path
+
+
+@pytest.mark.parametrize("recipe_value", [{"backbone": "x", "weights": "synthetic"}, "plain string", [1, 2]])
+def test_a_cache_from_another_tool_with_any_json_recipe_works_everywhere(tmp_path, recipe_value):
+    x, meta = ambiguity_embeddings(n_train=60, n_val=20, dim=8, seed=3)
+    path = _foreign_cache(tmp_path / "theirs.h5", recipe_value, x.astype(np.float32), meta)
+    shown = cli("info", path)
+    assert shown.exit_code == 0 and canonical_json(recipe_value) in shown.output
+    checked = cli("info", "--check", path)
+    assert checked.exit_code == 0 and "check     ok: but its bytes are not checksummed" in checked.output
+    with EmbeddingCache(path) as cache:
+        assert cache.recipe == recipe_value and cache.rows_written == 80 and cache.summary()["recipe"] == recipe_value
+        assert recipe_label(cache.recipe).startswith(canonical_json(recipe_value)[:20])
+        cache.check_recipe(recipe_value)
+        assert recipe_difference(cache.recipe, {"other": 1}) != []
+    ran = cli("al", "--cache", path, "--strategy", "least-confidence", "--seed-size", "6", "--per-round", "2",
+              "--budget", "4", "--out", tmp_path / "runs", "--quiet")
+    assert ran.exit_code == 0, ran.output
+    record = tmp_path / "runs" / "least-confidence-seed0.jsonl"
+    assert len(record.read_text().splitlines()) == 1 + 3  # header, rounds 0..2
+
+
+def test_a_file_without_the_required_parts_is_refused_naming_them(tmp_path):
+    only_version = tmp_path / "v.h5"
+    with h5py.File(only_version, "w") as f:
+        f.attrs["schema_version"] = 1
+    with pytest.raises(NotACacheError, match=r"not a complete schema-1 embedding cache: root attribute\(s\) "
+                                             r"embedcache_version, recipe, recipe_fingerprint, dataset, complete, "
+                                             r"versions missing; /embeddings, /ids, /label, /split, /groups missing"):
+        EmbeddingCache(only_version)
+    result = cli("info", only_version)
+    assert result.exit_code == 1 and "v.h5: not a complete schema-1 embedding cache" in result.output
+    x, meta = ambiguity_embeddings(n_train=10, n_val=4, dim=4)
+    no_label = _foreign_cache(tmp_path / "n.h5", {}, x, meta, label=True, recipe=True)
+    with pytest.raises(NotACacheError, match=r"root attribute\(s\) recipe missing; /label missing"):
+        EmbeddingCache(no_label)
+    short = _foreign_cache(tmp_path / "s.h5", {}, x[:5], meta)
+    with pytest.raises(NotACacheError, match="datasets of different lengths: /embeddings 5, /ids 14"):
+        EmbeddingCache(short)
+
+
+def test_a_cache_without_checksums_still_validates_and_says_so(tmp_path, arrays):
+    emb, meta = arrays
+    path = _foreign_cache(tmp_path / "old.h5", recipe(), emb, meta)  # how caches were written before checksums
+    with EmbeddingCache(path) as cache:
+        cache.validate()
+        assert cache.unchecksummed() == ["/embeddings", "/groups/place", "/groups/user", "/ids", "/label", "/split"]
+    output = cli("info", "--check", path).output
+    assert "its bytes are not checksummed (written before embedcache stored checksums, or by another tool)" in output

@@ -1,15 +1,9 @@
-"""Extraction end to end: exact rows, order, resume after SIGKILL, shards, and every bad-input error."""
+"""Extraction end to end: exact rows, order, resume, shards, and every bad-input error (kills, full disks and
+read-only folders: test_cache_faults.py)."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -17,11 +11,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from embedcache.backbones import create_backbone
-from embedcache.cache import EmbeddingCache
+from embedcache.cache import EmbeddingCache, partial_path
 from embedcache.cli import main
 from embedcache.datasets import create_dataset
-from embedcache.datasets.synthetic import write_image_manifest, write_text_jsonl
-from embedcache.errors import CacheError, ConfigError
+from embedcache.datasets.synthetic import write_image_manifest
+from embedcache.errors import ConfigError
 from embedcache.extract import ExtractOptions, extract
 
 TIMM = ["--backbone", "timm:test_resnet", "--weights", "random", "--resolution", "48"]
@@ -87,44 +81,6 @@ def test_real_pretrained_minilm_matches_sentence_transformers(minilm_path, tmp_p
     assert similarity[0, 1] > similarity[0, 2] + 0.2 and similarity[0, 1] > similarity[0, 3] + 0.2
 
 
-@pytest.mark.slow
-def test_killed_extraction_resumes_to_an_identical_file(tiny_bert, tmp_path):
-    texts = write_text_jsonl(tmp_path / "many.jsonl", n=4000, seed=3)
-    args = ["extract", "--dataset", "jsonl", "--root", str(texts), "--backbone", f"hf:{tiny_bert}",
-            "--batch-size", "4", "--dtype", "float32"]
-    killed = tmp_path / "killed.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "embedcache.cli", *args, "--out", str(killed)],
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    seen = bytearray()
-    reader = threading.Thread(target=lambda: [seen.extend(c) for c in iter(lambda: proc.stderr.read1(256), b"")],
-                              daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 120
-    while not any(int(n) >= 200 for n in re.findall(rb"(\d+)/4000", bytes(seen))):
-        assert proc.poll() is None, f"extraction ended before it could be killed: {bytes(seen)[-500:]}"
-        assert time.monotonic() < deadline, "no progress seen"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with EmbeddingCache(killed) as cache:
-        assert not cache.complete and 0 < cache.rows_written < 4000
-        with pytest.raises(CacheError, match="not complete"):
-            cache.require_complete()
-    info = cli("info", killed)
-    assert "INCOMPLETE" in info.output
-    refused = cli(*args, "--out", killed, "--quiet", ok=False)
-    assert refused.exit_code != 0 and "interrupted extraction" in refused.output and "--resume" in refused.output
-    resumed = cli(*args, "--out", killed, "--resume", "--quiet")
-    assert "resumed at row" in resumed.output
-    fresh = tmp_path / "fresh.h5"
-    cli(*args, "--out", fresh, "--quiet")
-    with EmbeddingCache(killed) as a, EmbeddingCache(fresh) as b:
-        assert a.complete and a.fingerprint == b.fingerprint and a.dataset == b.dataset
-        np.testing.assert_array_equal(a.embeddings(), b.embeddings())
-        assert list(a.metadata().ids) == list(b.metadata().ids)
-
-
 @pytest.mark.parametrize("virtual", [False, True])
 def test_merged_shards_equal_the_unsharded_extraction(tmp_path, virtual):
     write_image_manifest(tmp_path / "data", n=11)
@@ -172,7 +128,8 @@ def test_corrupt_image_stops_with_its_name_and_leaves_no_complete_file(tmp_path)
     message = _error(["extract", "--dataset", "manifest", "--root", tmp_path / "data", *TIMM, "--out", out,
                       "--batch-size", "2", "--quiet"], tmp_path)
     assert "00006.png: cannot read image (id 'ex00006')" in message and "--skip-bad" in message
-    with EmbeddingCache(out) as cache:
+    assert f"Rows before it are saved in {partial_path(out)}" in message and not out.exists()
+    with EmbeddingCache(partial_path(out)) as cache:
         assert not cache.complete and cache.rows_written == 6  # rows before the bad one are kept
 
 
@@ -224,17 +181,19 @@ def test_existing_outputs_are_never_overwritten_silently(image_folder, tmp_path)
     cli("extract", "--dataset", "imagefolder", "--root", image_folder, *TIMM, "--out", out, "--quiet")
     before = out.read_bytes()
     same = _error(["extract", "--dataset", "imagefolder", "--root", image_folder, *TIMM, "--out", out], tmp_path)
-    assert "already complete; pass --overwrite" in same
+    assert "already complete with this recipe and dataset: nothing to do" in same and "--resume" in same
+    assert "--overwrite" not in same  # never advised for a complete cache of the same recipe
     unchanged = cli("extract", "--dataset", "imagefolder", "--root", image_folder, *TIMM, "--out", out, "--resume")
     assert "already complete (20 rows): nothing to do" in unchanged.output and out.read_bytes() == before
     other = [*TIMM[:-1], "64"]  # another resolution: another recipe
     different = _error(["extract", "--dataset", "imagefolder", "--root", image_folder, *other, "--out", out,
                         "--resume"], tmp_path)
-    assert "holds another recipe" in different and "preprocess" in different
+    assert "holds another recipe" in different and "preprocess" in different and "--overwrite" in different
     assert out.read_bytes() == before
     cli("extract", "--dataset", "imagefolder", "--root", image_folder, *other, "--out", out, "--overwrite", "--quiet")
     with EmbeddingCache(out) as cache:
         assert cache.recipe["preprocess"]["resolution"] == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "photos"]  # nothing left beside it
 
 
 def test_library_call_with_amp_records_it(image_folder, tmp_path):
@@ -258,3 +217,105 @@ def test_shard_bounds_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="--shard 0/8 is empty"):
         extract(data, backbone, tmp_path / "x.h5", ExtractOptions(shard=(0, 8)))
     assert not (tmp_path / "x.h5").exists()
+
+
+def _manifest_with_a_broken_image(root):
+    """8 images whose 7th is truncated, so a batch-2 extraction stops after saving 6 rows."""
+    write_image_manifest(root, n=8)
+    good = (root / "images/00006.png").read_bytes()
+    (root / "images/00006.png").write_bytes(good[:20])
+    return good
+
+
+def test_every_resume_and_overwrite_message_is_true(tmp_path):
+    """Each situation --out can be in, what extract says about it, and that following the advice works."""
+    data = tmp_path / "data"
+    good = _manifest_with_a_broken_image(data)
+    out = tmp_path / "c.h5"
+    args = ["extract", "--dataset", "manifest", "--root", data, *TIMM, "--batch-size", "2", "--workers", "0",
+            "--quiet", "--out", out]
+    _error(args, tmp_path)  # stops at the broken image with 6 rows saved
+    interrupted = _error(args, tmp_path)
+    assert f"{partial_path(out)} holds an interrupted extraction (6/8 rows); pass --resume to continue" in interrupted
+    (data / "images/00006.png").write_bytes(good)
+    assert "resumed at row 6" in cli(*args, "--resume").output
+    assert "--overwrite" not in _error(args, tmp_path)  # complete, same recipe: nothing to do
+    assert "nothing to do" in cli(*args, "--resume").output
+    assert "--resume continues --out and --overwrite starts it again" in _error([*args, "--resume", "--overwrite"],
+                                                                               tmp_path)
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not a cache")
+    message = _error([*args[:-1], junk], tmp_path)
+    assert "junk.h5 exists and is not an embedding cache (cannot open as HDF5" in message and "--overwrite" in message
+    assert junk.read_text() == "not a cache"
+
+
+def test_a_cache_interrupted_in_place_by_an_older_version_still_resumes(tmp_path):
+    """Before .partial files, an interrupted extraction sat at --out itself; --resume finishes it there."""
+    data = tmp_path / "data"
+    good = _manifest_with_a_broken_image(data)
+    out = tmp_path / "old.h5"
+    args = ["extract", "--dataset", "manifest", "--root", data, *TIMM, "--batch-size", "2", "--workers", "0",
+            "--quiet", "--out", out]
+    _error(args, tmp_path)
+    partial_path(out).rename(out)  # where an older embedcache left it
+    (data / "images/00006.png").write_bytes(good)
+    assert f"{out} holds an interrupted extraction (6/8 rows); pass --resume" in _error(args, tmp_path)
+    assert "resumed at row 6" in cli(*args, "--resume").output
+    cli(*args[:-1], tmp_path / "fresh.h5")
+    with EmbeddingCache(out) as resumed, EmbeddingCache(tmp_path / "fresh.h5") as fresh:
+        resumed.validate()
+        np.testing.assert_array_equal(resumed.embeddings(), fresh.embeddings())
+
+
+def test_an_older_version_killed_while_dropping_skipped_rows_is_refused(tmp_path):
+    """Older versions moved rows in place to drop skipped ones; a file they left incomplete with every
+    row written may hold rows under the wrong ids, so it is not resumed."""
+    write_image_manifest(tmp_path / "data", n=8)
+    (tmp_path / "data/images/00002.png").write_bytes(b"not a png")
+    out = tmp_path / "old.h5"
+    args = ["extract", "--dataset", "manifest", "--root", tmp_path / "data", *TIMM, "--workers", "0", "--quiet",
+            "--skip-bad", "--out", out]
+    cli(*args)
+    with h5py.File(out, "r+") as f:  # what an older version killed mid-compaction left: rows written, not complete
+        f.attrs["complete"] = False
+    message = _error([*args, "--resume"], tmp_path)
+    assert "left incomplete by an older embedcache after all its rows were written" in message
+    assert "pass --overwrite to extract it again" in message
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--shard", "3/2"], "--shard 3/2: need 0 <= I < N"),
+    (["--shard", "x"], "expected I/N"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--amp", "fp8"], "'fp8' is not one of"),
+    (["--dtype", "int8"], "'int8' is not one of"),
+    (["--device", "tpu:0"], "--device"),
+    (["--resume", "--overwrite"], "pass one of them"),
+    (["--out-is-a-folder"], "is a folder"),
+])
+def test_option_errors_write_nothing(image_folder, tmp_path, args, expected):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "c.h5"
+    if args == ["--out-is-a-folder"]:
+        args, out = [], out_dir
+    message = _error(["extract", "--dataset", "imagefolder", "--root", image_folder, *TIMM, "--out", out, *args],
+                     tmp_path)
+    assert expected in message
+    assert list(out_dir.iterdir()) == []
+
+
+def test_merge_and_info_errors_write_nothing(tmp_path):
+    write_image_manifest(tmp_path / "data", n=6)
+    common = ["--dataset", "manifest", "--root", tmp_path / "data", *TIMM, "--quiet", "--workers", "0"]
+    for i in range(2):
+        cli("extract", *common, "--out", tmp_path / f"s{i}.h5", "--shard", f"{i}/2")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("s*.h5")}
+    assert "is one of the shards" in _error(["merge", tmp_path / "s0.h5", tmp_path / "s1.h5", "--out",
+                                             tmp_path / "s0.h5", "--overwrite"], tmp_path)
+    assert "missing [1]" in _error(["merge", tmp_path / "s0.h5", "--out", tmp_path / "m.h5"], tmp_path)
+    assert "no such cache file" in _error(["info", tmp_path / "nope.h5"], tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("s*.h5")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "s0.h5", "s1.h5"]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from helpers import recipe
 from scipy import stats
 
-from embedcache.cache import EmbeddingCache
+from embedcache.cache import EmbeddingCache, partial_path
 from embedcache.cli import main
 from embedcache.datasets.synthetic import ambiguity_embeddings
 from embedcache.errors import CacheError, ConfigError
@@ -207,7 +207,8 @@ def test_cli_bad_input(cache, tmp_path):
     x, meta = ambiguity_embeddings(n_train=50, n_val=10, dim=4)
     with EmbeddingCache.create(incomplete, meta, dim=4, dtype="float32", recipe=recipe(), dataset={}) as c:
         c.append(x[:10])
-    result = runner.invoke(main, ["al", "--cache", str(incomplete), "--strategy", "random", "--out", str(tmp_path)])
+    result = runner.invoke(main, ["al", "--cache", str(partial_path(incomplete)), "--strategy", "random", "--out",
+                                  str(tmp_path)])
     assert result.exit_code == 1 and "is not complete (10/60 rows written)" in result.output
 
 
