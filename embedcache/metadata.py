@@ -76,24 +76,39 @@ def _is_missing(value: object) -> bool:
         isinstance(value, float) and math.isnan(value))
 
 
+def _memoised(function: Callable[[object], object], values: Sequence[object]) -> list:
+    """[function(v) for v in values], computed once per distinct value (columns repeat a few values a million
+    times); unhashable values (JSON lists) are computed each time."""
+    memo: dict = {}
+    out = []
+    for value in values:
+        try:
+            result = memo[value]
+        except KeyError:
+            result = memo[value] = function(value)
+        except TypeError:
+            result = function(value)
+        out.append(result)
+    return out
+
+
 def parse_ids(values: Sequence[object], locate: Locate, column: str = "id") -> list[str]:
-    """Example ids as stripped strings (integers are written in decimal); empty, non-integer numbers and repeats
+    """Example ids as stripped strings (integers are written in decimal); empty cells, other types and repeats
     are errors naming the rows."""
-    ids: list[str] = []
-    first_row: dict[str, int] = {}
-    repeats: list[tuple[int, int]] = []
-    for i, value in enumerate(values):
-        if _is_missing(value):
+    ids = [v.strip() if type(v) is str else v for v in values]
+    for i, value in enumerate(ids):
+        if type(value) is not str:
+            if _is_missing(value):
+                raise DatasetError(f"{locate(i)}: empty {column}")
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DatasetError(f"{locate(i)}: {column} {value!r} is a {type(value).__name__}; ids must be text "
+                                   "or integers")
+            ids[i] = str(value)
+        elif not value:
             raise DatasetError(f"{locate(i)}: empty {column}")
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise DatasetError(f"{locate(i)}: {column} {value!r} is a {type(value).__name__}; ids must be text or "
-                               "integers")
-        text = _cell_text(value)
-        seen = first_row.setdefault(text, i)
-        if seen != i:
-            repeats.append((seen, i))
-        ids.append(text)
-    if repeats:
+    if len(set(ids)) != len(ids):
+        first_row: dict[str, int] = {}
+        repeats = [(first_row[v], i) for i, v in enumerate(ids) if first_row.setdefault(v, i) != i]
         first, again = repeats[0]
         more = f"; {len(repeats)} repeated ids in all, e.g. {[ids[j] for _, j in repeats[:5]]}" if len(repeats) > 1 \
             else ""
@@ -126,12 +141,9 @@ def parse_labels(values: Sequence[object], locate: Locate, column: str = "label"
     an empty cell, None, NaN or -1 means unknown. A column mixing the two, a fractional number, or a negative
     index other than -1 is an error naming the row and value: nothing is renumbered behind the user's back.
     """
-    kinds = [_label_kind(v) for v in values]
-    first: dict[str, int] = {}
-    counts: Counter = Counter()
-    for i, (kind, _, _) in enumerate(kinds):
-        first.setdefault(kind, i)
-        counts[kind] += 1
+    kinds = _memoised(_label_kind, values)
+    counts = Counter(kind for kind, _, _ in kinds)
+    first = {kind: next(i for i, (k, _, _) in enumerate(kinds) if k == kind) for kind in counts}
 
     def cell(i: int) -> str:
         return f"{column} {kinds[i][2]}"
@@ -195,10 +207,10 @@ def parse_splits(values: Sequence[object], locate: Locate, allowed: Sequence[str
     typo never becomes a split of its own. `own_splits_hint` says how to allow other names (e.g. "--splits")."""
     allowed = tuple(allowed) if allowed is not None else CANONICAL_SPLITS
     valid = set(allowed)
-    splits = []
-    for i, value in enumerate(values):
-        name = default if _is_missing(value) else _cell_text(value)
+    splits = _memoised(lambda value: default if _is_missing(value) else _cell_text(value), values)
+    for i, name in enumerate(splits):
         if name not in valid:
+            value = values[i]
             if _is_missing(value):
                 raise DatasetError(f"{locate(i)}: empty {column}, which means {default}, but {default} is not among "
                                    f"the split names {list(allowed)}; fill in the cell")
@@ -207,18 +219,18 @@ def parse_splits(values: Sequence[object], locate: Locate, allowed: Sequence[str
             guess = f"; did you mean {close[0]!r}?" if close else ""
             raise DatasetError(f"{locate(i)}: {column} {name!r} is not one of {list(allowed)}{guess} "
                                f"(to use split names of your own, list them with {own_splits_hint})")
-        splits.append(name)
     return splits
 
 
 def group_values(values: Sequence[object]) -> list[Hashable]:
     """A group column's cells, stripped; as ints when every one is an integer, so groups sort 1, 2, 10 rather than
     1, 10, 2. Missing cells (None) read as the empty string, as an empty CSV cell does."""
-    cells = ["" if v is None else v.strip() if isinstance(v, str) else v for v in values]
+    cells = _memoised(lambda v: "" if v is None else v.strip() if isinstance(v, str) else v, values)
+    distinct = set(cells)
     if all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and re.fullmatch(r"-?\d+", v)
-           for v in cells):
-        return [int(v) for v in cells]
-    return [str(v) for v in cells]
+           for v in distinct):
+        return _memoised(int, cells)
+    return _memoised(str, cells)
 
 
 @dataclasses.dataclass

@@ -245,6 +245,9 @@ def test_bad_metadata_and_ids_are_one_line_errors_naming_rows(data, tmp_path):
     ids[10] = ids[11]
     np.savez(tmp_path / "ids.npz", v=x, id=ids)
     assert "duplicate id 's000011'" in import_error(tmp_path, tmp_path / "ids.npz", tmp_path / "m.csv")
+    np.savez(tmp_path / "fewer.npz", v=x[:-1], id=np.array([r["id"] for r in rows[:-1]]))
+    assert "m.csv, line 601 (id 's000599'): no vector with this id in fewer.npz" in import_error(
+        tmp_path, tmp_path / "fewer.npz", tmp_path / "m.csv")
 
 
 def test_an_existing_out_is_never_replaced_without_overwrite(data, tmp_path):

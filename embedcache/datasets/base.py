@@ -166,7 +166,7 @@ def flag_option(value: bool | str, option: str) -> bool:
 def csv_columns(path: Path) -> list[str]:
     """The header of a CSV file; an unreadable or empty file is an error naming it."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             return next(csv.reader(f), [])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{path}: cannot read CSV ({e})") from None
@@ -178,7 +178,7 @@ def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[st
     Unlike `read_csv` nothing is held in memory, and line numbers stay right when quoted cells span lines.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
             missing = [c for c in required if c not in columns]
