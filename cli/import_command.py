@@ -24,12 +24,13 @@ from embedcache.cli.options import Bars
 @click.option("--metadata", required=True, type=click.Path(path_type=Path),
               help="The metadata table, .csv or .parquet: an id column, a label column (class indices or names; "
                    "empty = unknown), an optional split column, and group columns.")
-@click.option("--id-column", default="id", show_default=True, help="The metadata column with the example ids.")
+@click.option("--id-column", default="id", show_default=True, help="The metadata column with the example ids, e.g. --id-column image_id.")
 @click.option("--label-column", default="label", show_default=True,
-              help="The metadata column with the labels: all class indices (0, 1, 2 ...) or all class names.")
+              help="The metadata column with the labels: all class indices (0, 1, 2 ...) or all class names, "
+                   "e.g. --label-column y.")
 @click.option("--split-column", default="split", show_default=True,
-              help="The metadata column with the splits (train, val, test, id_val, id_test); without it every "
-                   "row is train.")
+              help="The metadata column with the splits (train, val, test, id_val, id_test), e.g. --split-column "
+                   "fold; without it every row is train.")
 @click.option("--group", "groups", multiple=True, metavar="COLUMN",
               help="A metadata column to keep as a group (attributes evaluation and analysis slice by, e.g. "
                    "--group place). Repeatable; default: every column but id, label and split.")
@@ -42,8 +43,10 @@ from embedcache.cli.options import Bars
                    "--model 'open_clip ViT-B-32 laion2b_s34b_b79k'.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
               help="Storage precision; default: the file's (float64 is stored as float32).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache file to write (.h5).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Cache file to write, e.g. --out caches/photos-clip.h5.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (without it, an existing one is an "
+              "error).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def import_(embeddings, vectors, ids, metadata, id_column, label_column, split_column, groups, unlabelled, splits,
             model, dtype, out, overwrite, quiet):

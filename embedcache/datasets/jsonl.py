@@ -7,7 +7,7 @@ from pathlib import Path
 
 from embedcache.datasets.base import DatasetAdapter, flag_option, register_dataset
 from embedcache.errors import DatasetError
-from embedcache.metadata import (Metadata, parse_ids, parse_labels, parse_splits, require_label_column,
+from embedcache.metadata import (Metadata, group_values, parse_ids, parse_labels, parse_splits, require_label_column,
                                  split_names_option)
 
 RESERVED = ("id", "text", "label", "split")
@@ -72,6 +72,6 @@ class JsonLines(DatasetAdapter):
             ids=ids,
             labels=labels,
             splits=splits,
-            groups={field: [r[field] for r in records] for field in group_fields},
+            groups={field: group_values([r[field] for r in records]) for field in group_fields},
             label_names=label_names,
         ), [str(r[self.text_field]) for r in records]
