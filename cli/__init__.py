@@ -33,7 +33,8 @@ from embedcache.cli.analysis_commands import report, separability, tsne  # noqa:
 from embedcache.cli.cache_commands import extract, info, merge  # noqa: E402
 from embedcache.cli.dataset_commands import datasets  # noqa: E402
 from embedcache.cli.demo_command import demo  # noqa: E402
+from embedcache.cli.import_command import import_  # noqa: E402
 from embedcache.cli.neighbors_commands import neighbors  # noqa: E402
 
-for command in (demo, extract, merge, info, datasets, al, repair, report, separability, tsne, neighbors):
+for command in (demo, extract, import_, merge, info, datasets, al, repair, report, separability, tsne, neighbors):
     main.add_command(command)

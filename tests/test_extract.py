@@ -67,8 +67,8 @@ def test_real_pretrained_minilm_matches_sentence_transformers(minilm_path, tmp_p
     path = tmp_path / "t.jsonl"
     path.write_text("".join(f'{{"id": "s{i}", "text": "{t}"}}\n' for i, t in enumerate(texts)))
     out = tmp_path / "m.h5"
-    cli("extract", "--dataset", "jsonl", "--root", path, "--backbone", f"hf:{minilm_path}", "--out", out,
-        "--dtype", "float32", "--quiet")
+    cli("extract", "--dataset", "jsonl", "--root", path, "-o", "unlabelled=true", "--backbone", f"hf:{minilm_path}",
+        "--out", out, "--dtype", "float32", "--quiet")
     from sentence_transformers import SentenceTransformer
 
     expected = SentenceTransformer(str(minilm_path), device="cpu").encode(texts)
@@ -161,7 +161,7 @@ def test_unknown_dataset_and_duplicate_ids(tmp_path, image_folder):
     manifest.write_text("id,text,label\na,one,0\nb,two,1\na,three,0\n")
     message = _error(["extract", "--dataset", "manifest", "--root", manifest, *TIMM, "--out", tmp_path / "d.h5"],
                      tmp_path)
-    assert "dupes.csv: 1 duplicate id(s), e.g. ['a']" in message
+    assert "dupes.csv, line 4: duplicate id 'a', first at " in message and "dupes.csv, line 2" in message
 
 
 def test_weights_of_another_architecture(tmp_path, image_folder):

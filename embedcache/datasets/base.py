@@ -11,10 +11,11 @@ from __future__ import annotations
 import abc
 import csv
 import functools
+import os
 from pathlib import Path
-from typing import Any, ClassVar, Hashable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
-from embedcache.errors import DatasetError
+from embedcache.errors import ConfigError, DatasetError
 from embedcache.metadata import Metadata
 from embedcache.recipe import sha256_json
 from embedcache.registry import Registry
@@ -41,11 +42,17 @@ class DatasetAdapter(abc.ABC):
 
     name: ClassVar[str] = ""
     modality: ClassVar[str]  # "image" | "text"
+    #: How a user lets image paths lead outside `image_root`, for adapters that offer it (None: never allowed).
+    outside_root_option: ClassVar[str | None] = None
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if not self.root.exists():
             raise DatasetError(f"{self.root}: no such file or folder (the --root of dataset {self.name!r})")
+        #: The file listing the examples and each example's line in it, where the adapter reads one (for messages).
+        self.listing: Path | None = None
+        self.row_lines: list[int] = []
+        self.allow_outside_root = False
 
     @abc.abstractmethod
     def read(self) -> tuple[Metadata, list[str]]:
@@ -59,7 +66,24 @@ class DatasetAdapter(abc.ABC):
         if not len(metadata):
             raise DatasetError(f"{self.root}: no examples found")
         metadata.validate(str(self.root))
+        if self.modality == "image" and not self.allow_outside_root:
+            self._refuse_paths_outside_root(metadata, inputs)
         return metadata, inputs
+
+    def _refuse_paths_outside_root(self, metadata: Metadata, inputs: list[str]) -> None:
+        """Image paths are relative to `image_root`: one that is absolute or climbs out with `..` is refused (read
+        by mistake it would put files from anywhere on the machine into a cache). The check is on the path as
+        written, so a symlink inside the root that points elsewhere (a common way to assemble a dataset) is fine."""
+        root = os.path.abspath(self.image_root)
+        for i, path in enumerate(inputs):
+            if os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == os.pardir:
+                resolved = os.path.normpath(os.path.join(root, path))
+                if os.path.commonpath([root, resolved]) == root:
+                    continue
+                where = (f"{self.listing}, line {self.row_lines[i]}" if self.row_lines else str(self.root))
+                allow = f", or pass {self.outside_root_option} if it is meant to" if self.outside_root_option else ""
+                raise DatasetError(f"{where} (id {metadata.ids[i]!r}): image path {path!r} leads outside {root}, "
+                                   f"the folder image paths are relative to; move the file under it{allow}")
 
     @property
     def metadata(self) -> Metadata:
@@ -78,9 +102,10 @@ class DatasetAdapter(abc.ABC):
         return self.image_root / self.inputs[i]
 
     def location(self, i: int) -> str:
-        """Where example i comes from, for error messages."""
+        """Where example i comes from, for error messages: its image (or text) and its line in the listing."""
         where = str(self.input_path(i)) if self.modality == "image" else f"{self.root} text"
-        return f"{where} (id {self.metadata.ids[i]!r})"
+        line = f" from {self.listing} line {self.row_lines[i]}" if self.row_lines else ""
+        return f"{where} (id {self.metadata.ids[i]!r}){line}"
 
     def load(self, i: int) -> Any:
         """The raw input of example i: an RGB PIL image or a string. Errors name the file and id."""
@@ -126,44 +151,25 @@ def open_image(path: Path, example_id: str):
         raise DatasetError(f"{path}: cannot read image (id {example_id!r}): {type(e).__name__}: {e}") from None
 
 
-def parse_labels(values: Sequence[str | int | None], source: str) -> tuple[list[int], tuple[str, ...] | None]:
-    """Labels given as class indices or class names; empty / None → -1 (unknown).
-
-    Integers are kept as indices (no names); otherwise names are sorted and indexed.
-    """
-    present = [v for v in values if v not in (None, "")]
-    def is_int(v) -> bool:
-        return isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit())
-    if all(is_int(v) for v in present):
-        labels = [-1 if v in (None, "") else int(v) for v in values]
-        if any(lab < -1 for lab in labels):
-            raise DatasetError(f"{source}: negative label other than -1 (unknown)")
-        return labels, None
-    names = tuple(sorted({str(v) for v in present}))
-    index = {n: i for i, n in enumerate(names)}
-    return [-1 if v in (None, "") else index[str(v)] for v in values], names
+def flag_option(value: bool | str, option: str) -> bool:
+    """An adapter's yes/no option as given on the command line (-o unlabelled=true) or in Python (True)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"-o {option}={value}: expected true or false")
 
 
-def numeric_if_possible(values: Sequence[str]) -> list[Hashable]:
-    """CSV cells as ints when every one is an integer, so groups sort 1, 2, 10 rather than 1, 10, 2."""
-    if all(isinstance(v, str) and v.lstrip("-").isdigit() for v in values):
-        return [int(v) for v in values]
-    return list(values)
-
-
-def read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of a CSV file as dicts; a missing required column is an error naming the file."""
+def csv_columns(path: Path) -> list[str]:
+    """The header of a CSV file; an unreadable or empty file is an error naming it."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return next(csv.reader(f), [])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{path}: cannot read CSV ({e})") from None
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise DatasetError(f"{path}: missing column(s) {missing}; found {columns}")
-    return columns, rows
 
 
 def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -172,7 +178,7 @@ def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[st
     Unlike `read_csv` nothing is held in memory, and line numbers stay right when quoted cells span lines.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
             missing = [c for c in required if c not in columns]
@@ -184,6 +190,13 @@ def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[st
                 start = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{path}: cannot read CSV ({e})") from None
+
+
+def require_all_cells(row: Mapping[str | None, object], where: str, width: int) -> None:
+    """A CSV row with more or fewer cells than the header is an error (csv.DictReader would pad or drop them)."""
+    if None in row or any(v is None for v in row.values()):
+        cells = width + len(row.get(None) or ()) - sum(v is None for v in row.values())
+        raise DatasetError(f"{where}: {cells} cells, but the header has {width} columns")
 
 
 def coded(row: Mapping[str, str | None], column: str, codes: Mapping[str, T], where: str) -> T:
@@ -226,15 +239,11 @@ class CsvImageAdapter(DatasetAdapter):
     def __init__(self, root: str | Path):
         super().__init__(root)
         self.folder = find_dataset_folder(self.root, self.csv_name, self.folder_names, self.name)
-        self.csv_path = self.folder / self.csv_name
-        self.row_lines: list[int] = []
+        self.csv_path = self.listing = self.folder / self.csv_name
 
     @property
     def image_root(self) -> Path:
         return self.folder
-
-    def location(self, i: int) -> str:
-        return f"{super().location(i)} from {self.csv_path} line {self.row_lines[i]}"
 
     def image_rows(self) -> Iterator[tuple[str, str, str, dict[str, str]]]:
         """Each row as (id, image path, "file, line N (id ...)" for errors, row); an empty id or path is an error."""
