@@ -45,6 +45,7 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
     Rows follow the dataset's order and go to --out.partial, which becomes --out once complete; a
     killed run continues with --resume. Example:
 
+    \b
       embedcache extract --dataset imagefolder --root photos/ \\
           --backbone timm:resnetv2_50x1_bit.goog_in21k --out caches/photos-bitm.h5
     """

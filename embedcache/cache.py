@@ -570,7 +570,8 @@ class EmbeddingCache:
             raise CacheError(f"{self.path}: writing rows {start}..{start + count} past the end ({ds.shape[0]})")
         if embeddings.ndim != 2 or embeddings.shape[1] != ds.shape[1]:
             raise CacheError(f"{self.path}: rows of width {embeddings.shape[1:]} do not fit dim {ds.shape[1]}")
-        if ds.dtype == np.float16 and embeddings.size and np.abs(embeddings).max() > _FLOAT16_MAX:
+        if (ds.dtype == np.float16 and embeddings.dtype != np.float16 and embeddings.size
+                and np.abs(embeddings).max() > _FLOAT16_MAX):  # float16 input fits by construction
             raise CacheError(f"{self.path}: feature values exceed the float16 range; extract with --dtype float32")
         block = np.zeros((count, ds.shape[1]), dtype=ds.dtype)
         keep = np.setdiff1d(np.arange(count), np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
