@@ -37,3 +37,9 @@ from embedcache.cli.neighbors_commands import neighbors  # noqa: E402
 
 for command in (demo, extract, merge, info, datasets, al, report, separability, tsne, neighbors):
     main.add_command(command)
+
+from embedcache.cli.label_command import label  # noqa: E402
+from embedcache.cli.workflow_commands import WORKFLOW_COMMANDS  # noqa: E402
+
+for command in (*WORKFLOW_COMMANDS, label):
+    main.add_command(command)
