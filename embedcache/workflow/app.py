@@ -17,17 +17,13 @@ from __future__ import annotations
 import importlib.resources
 import ipaddress
 import json
-import logging
 import socket
 import time
-from pathlib import Path
 from typing import Callable
 
 from embedcache.datasets.base import IMAGE_SUFFIXES
 from embedcache.workflow.labels import LabelsError
 from embedcache.workflow.session import LabellingSession
-
-log = logging.getLogger(__name__)
 
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 SECURITY_HEADERS = {
@@ -54,6 +50,7 @@ def is_loopback(host: str) -> bool:
 def create_app(session: LabellingSession, loopback_only: bool = True):
     """The Starlette app. `loopback_only`: answer only requests addressed to a loopback host name."""
     from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
@@ -104,7 +101,9 @@ def create_app(session: LabellingSession, loopback_only: bool = True):
             if isinstance(data, JSONResponse):
                 return data
             try:
-                return JSONResponse(await run_in_threadpool(action, data))
+                # the answer goes out first; the full re-rank of the pool follows (see LabellingSession)
+                return JSONResponse(await run_in_threadpool(action, data),
+                                    background=BackgroundTask(session.complete_ranking))
             except LabelsError as e:
                 return error(str(e), 400)
         return endpoint
@@ -122,17 +121,7 @@ def create_app(session: LabellingSession, loopback_only: bool = True):
             return error("outside --media, or not an image", 403)
         return FileResponse(resolved, headers={"Content-Security-Policy": "sandbox; default-src 'none'"})
 
-    async def headers(request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        for key, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(key, value)
-        response.headers["Server-Timing"] = f"app;dur={1e3 * (time.perf_counter() - started):.2f}"
-        return response
-
-    from starlette.middleware.base import BaseHTTPMiddleware
-
-    middleware = [Middleware(BaseHTTPMiddleware, dispatch=headers)]
+    middleware = [Middleware(_Headers)]
     if loopback_only:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES)))
     routes = [
@@ -146,6 +135,31 @@ def create_app(session: LabellingSession, loopback_only: bool = True):
         Route("/media/{path:path}", media),
     ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+class _Headers:
+    """ASGI middleware: the security headers on every response, and `Server-Timing: app;dur=<ms>`, the time
+    from the request's arrival to the start of its answer (the full re-rank after it is not included)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import MutableHeaders
+
+        started = time.perf_counter()
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers.setdefault(key, value)
+                headers["Server-Timing"] = f"app;dur={1e3 * (time.perf_counter() - started):.2f}"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def bind(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:

@@ -7,9 +7,15 @@ before each action, a restart rebuilds everything from it, and the file (not the
 when two tabs send a label for one id (the second gets a conflict and the next example).
 
 Each browser tab has an id; the session shows different tabs different examples (the best-ranked
-one not shown in another tab within `lease_seconds`). After a label the head refits (warm-started)
-and the pool is re-ranked. Every `round_size` labels the stop-set predictions are kept, for the
-stopping signals and the "changed since the last round" figure.
+one not shown in another tab within `lease_seconds`). Every `round_size` labels the stop-set
+predictions are kept, for the stopping signals and the "changed since the last round" figure.
+
+After a label the head refits (warm-started) and re-ranks at once the `SHORTLIST` best candidates of
+the last full ranking: the tab's next example is the best of those under the new head. The whole
+pool is re-ranked by `complete_ranking`, which the app runs right after sending the answer; every
+request first completes a pending full ranking itself, so what a tab is shown never depends on
+timing, only on the order of actions. A person takes longer to read an example than the full
+ranking takes, so the page stays fast however large the pool (see benchmarks/label_latency.py).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from embedcache.workflow.stopping import stopping_signals
 from embedcache.workflow.suggest import ROUND_SIZE
 from embedcache.workflow.workspace import Model, Workspace
 
-#: How many of the best candidates are kept ranked between refits (more than tabs anyone opens).
+#: How many of the best candidates are kept in order for the tabs (more than tabs anyone opens).
 QUEUE = 32
+#: How many of the best candidates a full ranking keeps for the next label's immediate re-rank.
+SHORTLIST = 1024
 
 
 class SessionError(LabelsError):
@@ -54,15 +62,17 @@ class LabellingSession:
         self._previous: np.ndarray | None = None  # stop-set predictions before the last refit
         self._current: np.ndarray | None = None  # and after it
         self._ranking: list[tuple[int, float]] = []
+        self._shortlist = np.zeros(0, dtype=np.int64)
+        self._stale = False  # the ranking covers only the shortlist: a full ranking is pending
         self._in_pool = np.zeros(len(workspace.metadata), dtype=bool)
         self._in_pool[workspace.pool_rows] = True
-        self.timing = {"fit_ms": 0.0, "rank_ms": 0.0}
+        self.timing = {"fit_ms": 0.0, "rank_ms": 0.0, "full_rank_ms": 0.0}
         with self._lock:
             self._sync()
 
     # ------------------------------------------------------------------ model upkeep
-    def _sync(self) -> None:
-        """Re-read the labels file; refit and re-rank if it changed."""
+    def _sync(self, quick: bool = False) -> None:
+        """Re-read the labels file; refit and re-rank if it changed (`quick`: the shortlist only)."""
         state = self.labels.read()
         if len(state.rows) == self._rows_seen:
             return
@@ -86,13 +96,28 @@ class LabellingSession:
         proba = self.model.stop_set_proba()
         self._previous, self._current = self._current, None if proba is None else proba.argmax(axis=1)
         fitted = time.perf_counter()
-        self._rerank()
-        self.timing = {"fit_ms": 1e3 * (fitted - started), "rank_ms": 1e3 * (time.perf_counter() - fitted)}
+        self._rerank(quick)
+        self.timing.update(fit_ms=1e3 * (fitted - started), rank_ms=1e3 * (time.perf_counter() - fitted))
 
-    def _rerank(self) -> None:
-        candidates = self.workspace.candidates(self.labels.state)
-        chosen, scores = self.model.rank(candidates, QUEUE)
-        self._ranking = list(zip(chosen.tolist(), np.asarray(scores, dtype=np.float64).tolist()))
+    def _rerank(self, quick: bool) -> None:
+        """Rank the shortlist's open rows (`quick`, when any are left) or the whole pool."""
+        ids = self.workspace.metadata.ids
+        shortlist = [r for r in self._shortlist.tolist() if self._open(ids[r])] if quick else []
+        if shortlist:
+            chosen, scores = self.model.rank(np.array(shortlist, dtype=np.int64), QUEUE)
+        else:
+            chosen, scores = self.model.rank(self.workspace.candidates(self.labels.state), SHORTLIST)
+            self._shortlist = chosen
+        self._stale = bool(shortlist)
+        self._ranking = list(zip(chosen[:QUEUE].tolist(), np.asarray(scores[:QUEUE], dtype=np.float64).tolist()))
+
+    def complete_ranking(self) -> None:
+        """Re-rank the whole pool if the last action re-ranked only the shortlist."""
+        with self._lock:
+            if self._stale:
+                started = time.perf_counter()
+                self._rerank(quick=False)
+                self.timing["full_rank_ms"] = 1e3 * (time.perf_counter() - started)
 
     def _next_for(self, tab: str) -> str | None:
         """The best-ranked candidate not shown in another live tab (kept if this tab's is still open)."""
@@ -114,6 +139,12 @@ class LabellingSession:
         self._assigned.pop(tab, None)
         return None
 
+    def _pool_left(self) -> int:
+        """Pool rows neither labelled nor skipped (without a pass over the pool)."""
+        taken = sum(1 for i, row in self.labels.state.current.items() if row.action != "retract"
+                    and (r := self.workspace.row_of(i)) is not None and self._in_pool[r])
+        return len(self.workspace.pool_rows) - taken
+
     def _open(self, example_id: str) -> bool:
         """Neither labelled nor skipped now."""
         current = self.labels.state.current.get(example_id)
@@ -129,12 +160,14 @@ class LabellingSession:
     def view(self, tab: str) -> dict:
         """What the tab shows now."""
         with self._lock:
+            self.complete_ranking()
             self._sync()
             return self._payload(tab)
 
     def label(self, tab: str, example_id: str, name: str) -> dict:
         """Write the label (fsynced), refit, and return the tab's next example."""
         with self._lock:
+            self.complete_ranking()
             self._check_example(example_id)
             name = str(name).strip()
             classes = self.workspace.classes(self.labels.state)
@@ -146,11 +179,12 @@ class LabellingSession:
             except LabelConflict as e:
                 message, conflict = f"Not saved: {e}.", True
             self._assigned.pop(tab, None)
-            self._sync()
+            self._sync(quick=True)
             return self._payload(tab, message, conflict)
 
     def skip(self, tab: str, example_id: str) -> dict:
         with self._lock:
+            self.complete_ranking()
             self._check_example(example_id)
             try:
                 self.labels.skip(example_id, self.annotator)
@@ -158,18 +192,19 @@ class LabellingSession:
             except LabelConflict as e:
                 message, conflict = f"Not saved: {e}.", True
             self._assigned.pop(tab, None)
-            self._sync()
+            self._sync(quick=True)
             return self._payload(tab, message, conflict)
 
     def undo(self, tab: str) -> dict:
         """Take back this annotator's latest label or skip; the tab shows that example again."""
         with self._lock:
+            self.complete_ranking()
             try:
                 row = self.labels.undo_last(self.annotator)
             except LabelConflict:
                 self._sync()
                 return self._payload(tab, "Nothing to undo.", True)
-            self._sync()
+            self._sync(quick=True)
             self._assigned[tab] = (row.id, time.monotonic())
             what = f"label {row.label}" if row.label is not None else "skip"
             return self._payload(tab, f"Undid the {what} of {row.id}.", False)
@@ -248,7 +283,7 @@ class LabellingSession:
         return {
             "labelled": int(len(rows)),
             "counts": {name: int(n) for name, n in zip(classes, counts)},
-            "pool_left": int(len(self.workspace.candidates(state))),
+            "pool_left": self._pool_left(),
             "skipped": len(state.skipped()),
             "changes": changes,
             "rounds": len(self._history),
