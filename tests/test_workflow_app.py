@@ -231,3 +231,16 @@ def test_kill_9_of_the_server_loses_no_confirmed_label(pool, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_label_refuses_a_labels_file_naming_ids_the_cache_lacks_before_listening(pool, tmp_path):
+    from click.testing import CliRunner
+
+    from embedcache.cli import main
+
+    cache, _ = pool
+    labels = LabelsFile(tmp_path / "labels.csv")
+    labels.label("doc001", "positive")
+    labels.label("ghost", "negative")
+    result = CliRunner().invoke(main, ["label", str(cache), "--labels", str(tmp_path / "labels.csv"), "--port", "0"])
+    assert result.exit_code == 1 and "'ghost' (line 3)" in result.output and "Labelling page" not in result.output
