@@ -207,6 +207,7 @@ class Model:
         pool = workspace.split_rows
         rng = np.random.default_rng([self.seed, 7])
         self.stop_rows = np.sort(rng.choice(pool, size=min(stop_set_size, len(pool)), replace=False))
+        self._stop_features = workspace.features[self.stop_rows]  # contiguous: scored after every refit
         self.learner: LinearLearner | None = None
         self.classes: list[str] = []
         self.n_labels = 0
@@ -245,7 +246,8 @@ class Model:
         return self.learner.predict_proba(np.asarray(rows, dtype=np.int64))[:, :len(self.classes)]
 
     def stop_set_proba(self) -> np.ndarray | None:
-        return self.predict_proba(self.stop_rows)
+        """[stop set, classes] probabilities, or None before the first label."""
+        return self.head().predict_proba(self._stop_features) if self.fitted else None
 
     def round_history(self, rows: np.ndarray, y: np.ndarray, classes: list[str], round_size: int) -> list[np.ndarray]:
         """Stop-set probabilities of the models fitted on the first round_size·j labels, j = 1, 2, …,
