@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from workflow_helpers import write_pool
 
-from embedcache.workflow.app import bind, create_app, url_of
+from embedcache.workflow.app import bind, create_app
 from embedcache.workflow.labels import LabelsFile, read_labels
 from embedcache.workflow.session import LabellingSession
 from embedcache.workflow.suggest import suggest
