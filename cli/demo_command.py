@@ -42,8 +42,8 @@ def _label_page(out: Path, config, quick: bool, host: str, port: int, open_brows
 
     stages = Bars()
     try:
-        caches = prepare_caches(out, config, progress=lambda name, done, total: stages.update(f"{name:<22}", done, total),
-                                names=("pretrained",))
+        caches = prepare_caches(out, config, names=("pretrained",),
+                                progress=lambda name, done, total: stages.update(f"{name:<22}", done, total))
     finally:
         stages.close()
     workspace = open_workspace(caches["pretrained"], "train", None, ignore_cache_labels=True)

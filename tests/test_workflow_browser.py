@@ -156,7 +156,8 @@ def test_a_caption_with_markup_shows_as_text_and_runs_nothing(browser, tmp_path)
         text = browser.find_element("id", "example-text")
         assert text.text == INJECTION
         assert browser.execute_script("return arguments[0].children.length", text) == 0
-        buttons = [b.find_element("tag name", "span").text for b in browser.find_elements("css selector", "#classes button")]
+        buttons = [b.find_element("tag name", "span").text
+                   for b in browser.find_elements("css selector", "#classes button")]
         assert buttons == ["<b>bold</b>", '<img src=x onerror="window.pwned=3">']
         assert browser.execute_script("return window.pwned === undefined && document.querySelectorAll("
                                       "'#card script, #card img[onerror], #panel img').length === 0")

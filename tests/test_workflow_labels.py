@@ -144,7 +144,8 @@ def test_label_studio_export_is_read_as_labels(tmp_path):
     path = tmp_path / "export.json"
     path.write_text(json.dumps(export))
     state = read_labels(path)
-    assert [(r.id, r.label, r.annotator) for r in state.labels()] == [("a", "cat", "3"), ("b", "dog", "ann@example.org")]
+    assert [(r.id, r.label, r.annotator) for r in state.labels()] == [("a", "cat", "3"),
+                                                                      ("b", "dog", "ann@example.org")]
     export[1]["data"] = {"other": "a"}
     path.write_text(json.dumps(export))
     with pytest.raises(LabelsError, match="task 8: data has no 'embedcache_id' field.*--id-field"):

@@ -14,7 +14,7 @@ from embedcache.workflow.stopping import (cohen_kappa, max_confidence, normalize
 def _onehot(labels, confidence=0.9):
     """Two-class probabilities whose argmax is `labels`."""
     labels = np.asarray(labels)
-    return np.stack([np.where(labels == 0, confidence, 1 - confidence), np.where(labels == 1, confidence, 1 - confidence)], 1)
+    return np.stack([np.where(labels == c, confidence, 1 - confidence) for c in (0, 1)], axis=1)
 
 
 def test_cohen_kappa_by_hand():

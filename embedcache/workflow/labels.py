@@ -242,8 +242,8 @@ class LabelsFile:
         def check(state: LabelState) -> None:
             current = state.current.get(example_id)
             if current is not None and current.action != "retract":
-                raise LabelConflict(f"id {example_id!r} is already {'skipped' if current.action == 'skip' else 'labelled'} "
-                                    f"(line {current.line})", current)
+                what = "skipped" if current.action == "skip" else "labelled"
+                raise LabelConflict(f"id {example_id!r} is already {what} (line {current.line})", current)
         return self._append(example_id, "", annotator, SKIP, check)
 
     def retract(self, example_id: str, annotator: str = "") -> LabelRow:

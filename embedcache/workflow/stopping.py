@@ -5,12 +5,18 @@ seed, from the pool: no labels are needed).
 `history` is a list of `[n, C]` class probabilities on the stop set, one per round (the page and
 `suggest` take a round to be every `round_size` labels), oldest first.
 
-| signal | value | stops when | default | source |
-|---|---|---|---|---|
-| `stabilizing-predictions` | mean Cohen's κ between successive rounds' predicted classes, over the last `window` pairs | value ≥ threshold | 0.99, window 3 | Bloodgood & Vijay-Shanker (2009), "A Method for Stopping Active Learning Based on Stabilizing Predictions" |
-| `overall-uncertainty` | mean normalised entropy (entropy / log C) of the last round | value ≤ threshold | 0.05 | Zhu, Wang & Hovy (2008), overall uncertainty |
-| `max-confidence` | the largest normalised entropy of the last round: its least sure example | value ≤ threshold | 0.001 | Zhu, Wang & Hovy (2008), max-confidence (they apply it to the examples selected next; the stop set's most uncertain example stands in for them) |
-| `prediction-change` | largest share of stop-set examples whose predicted class changed between successive rounds, over the last `window` pairs | value ≤ threshold | 0.005, window 3 | ours: the label-free "how much does the model still change", the quantity κ is computed from, as a share a person reads directly |
+* `stabilizing-predictions`: the mean Cohen's κ between successive rounds' predicted classes over
+  the last `window` pairs; stop when it is >= 0.99 (window 3). Bloodgood & Vijay-Shanker (2009),
+  "A Method for Stopping Active Learning Based on Stabilizing Predictions".
+* `overall-uncertainty`: the mean normalised entropy (entropy / log C) of the last round; stop at
+  <= 0.05. Zhu, Wang & Hovy (2008), overall uncertainty.
+* `max-confidence`: the largest normalised entropy of the last round, its least sure example; stop
+  at <= 0.001. Zhu, Wang & Hovy (2008), max-confidence (they apply it to the examples selected
+  next; the stop set's most uncertain example stands in for them).
+* `prediction-change`: the largest share of stop-set examples whose predicted class changed
+  between successive rounds, over the last `window` pairs; stop at <= 0.005 (window 3). Ours: the
+  label-free "how much does the model still change", the quantity κ is computed from, as a share a
+  person reads directly.
 
 Each function returns a `Signal` with the value (None until there are enough rounds), the
 threshold and whether it says stop.
