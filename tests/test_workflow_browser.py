@@ -165,6 +165,21 @@ def test_a_caption_with_markup_shows_as_text_and_runs_nothing(browser, tmp_path)
         server.stop()
 
 
+def test_an_image_example_loads_from_the_media_folder(browser, tmp_path):
+    cache, truth = write_pool(tmp_path / "photos", n=12, images=True)
+    server = Server("label", str(cache), "--labels", str(tmp_path / "labels.csv"), "--classes", ",".join(CLASSES),
+                    "--media", str(tmp_path / "photos"))
+    try:
+        _open(browser, server.url)
+        image = browser.find_element("id", "example-image")
+        _wait(browser, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+        assert image.is_displayed() and browser.execute_script("return arguments[0].naturalWidth", image) == 8
+        assert image.get_attribute("src").endswith(f"/media/images/{_body(browser, 'example')}.png")
+        _label_by_keyboard(browser, truth, CLASSES, 2)
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 def test_demo_label_page_on_the_generated_reviews(browser, tmp_path, minilm_path):
     """`embedcache demo --label` with the real MiniLM: label a handful; the screenshot is the README's."""
