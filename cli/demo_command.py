@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.label_command import server_options
+
 
 def _format(rows, probes, out: Path) -> str:
     lines = ["", "Least-confidence vs random on generated reviews (label: sentiment; spurious: product category,",
@@ -31,6 +33,25 @@ def _format(rows, probes, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _label_page(out: Path, config, quick: bool, host: str, port: int, open_browser: bool) -> None:
+    """The labelling page on the demo's reviews: the pretrained cache, every row unlabelled, the train split."""
+    from embedcache.cli.label_command import default_annotator, run_page
+    from embedcache.cli.options import Bars
+    from embedcache.cli.workflow_commands import open_workspace
+    from embedcache.demo import prepare_caches
+
+    stages = Bars()
+    try:
+        caches = prepare_caches(out, config, names=("pretrained",),
+                                progress=lambda name, done, total: stages.update(f"{name:<22}", done, total))
+    finally:
+        stages.close()
+    workspace = open_workspace(caches["pretrained"], "train", None, ignore_cache_labels=True)
+    run_page(workspace, out / ("labels-quick.csv" if quick else "labels.csv"), strategy="least-confidence", seed=0,
+             annotator=default_annotator(), round_size=10, media=None, host=host, port=port,
+             open_browser=open_browser)
+
+
 @click.command()
 @click.option("--out", default=Path("demo"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the dataset, caches, run records and report. Rerunning reuses finished work; "
@@ -38,17 +59,35 @@ def _format(rows, probes, out: Path) -> str:
 @click.option("--seeds", type=int, default=None, help="AL seeds per strategy and features (default 8; 3 with --quick).")
 @click.option("--quick", is_flag=True, help="A smaller dataset, budget and fewer seeds: about a minute on 2 cores.")
 @click.option("--jobs", type=int, default=None, help="AL runs in parallel processes (default: CPUs, at most 4).")
-def demo(out, seeds, quick, jobs):
+@click.option("--label", "label_page", is_flag=True,
+              help="Instead of the simulation, open the labelling page on the generated reviews (train split) with "
+                   "the pretrained MiniLM cache: label them yourself, the model asking; labels go to "
+                   "OUT/labels.csv (OUT/labels-quick.csv with --quick).")
+@server_options
+@click.option("--open/--no-open", "open_browser", default=True, show_default=True,
+              help="With --label: open the page in your web browser.")
+def demo(out, seeds, quick, jobs, label_page, host, port, open_browser):
     """Show the paper's effect end to end, offline, with real pretrained features.
 
     Generates a task-ambiguity review dataset, extracts all-MiniLM-L6-v2 embeddings (pretrained, and
     the same architecture at random init), runs least-confidence and random sampling on both, and
     writes the report. Whatever the runs show is what it prints.
+
+    With --label you are the annotator instead: after a handful of labels the page asks for the
+    reviews whose product category contradicts their sentiment (the side panel counts them).
+
+    \b
+    Examples:
+      embedcache demo --quick
+      embedcache demo --label
     """
     from embedcache.cli.options import Bars
     from embedcache.demo import DemoConfig, default_jobs, run_demo
 
     config = DemoConfig.quick(seeds) if quick else DemoConfig(seeds=seeds or 8)
+    if label_page:
+        _label_page(out, config, quick, host, port, open_browser)
+        return
     stages = Bars()
     try:
         rows, probes = run_demo(out, config, jobs or default_jobs(),

@@ -60,8 +60,9 @@ def protocol(config: DemoConfig):
         eval_splits=("val",), groups=("category", GROUP), worst_group=GROUP)
 
 
-def prepare_caches(out: Path, config: DemoConfig, progress: StageProgress | None = None) -> dict[str, Path]:
-    """Write the dataset and extract the pretrained and random-init caches (reused when complete)."""
+def prepare_caches(out: Path, config: DemoConfig, progress: StageProgress | None = None,
+                   names: tuple[str, ...] = ("pretrained", "random-init")) -> dict[str, Path]:
+    """Write the dataset and extract the pretrained and random-init caches (those in `names`; reused when complete)."""
     from embedcache.backbones import create_backbone
     from embedcache.datasets import create_dataset
     from embedcache.datasets.reviews import write_ambiguous_reviews
@@ -73,6 +74,8 @@ def prepare_caches(out: Path, config: DemoConfig, progress: StageProgress | None
     dataset = create_dataset("jsonl", data_path)
     caches = {}
     for name, weights in (("pretrained", "pretrained"), ("random-init", "random")):
+        if name not in names:
+            continue
         path = out / "caches" / f"minilm-{name}.h5"
         caches[name] = path
         try:
