@@ -43,7 +43,7 @@ def write_pool(folder: Path, n: int = 60, dim: int = 8, seed: int = 0, texts: Se
         writer.writerows(rows)
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x[:, 0] += 2.5 * (2 * truth - 1)
-    dataset = create_dataset("manifest", manifest)
+    dataset = create_dataset("manifest", manifest, unlabelled=True)
     cache = EmbeddingCache.write(folder / name, x, dataset.metadata, recipe=recipe(**(recipe_changes or {})),
                                  dataset=dataset.describe())
     return cache, {ids[i]: CLASSES[truth[i]] for i in range(n)}
