@@ -502,9 +502,13 @@ def _line_problem(path: Path, line: bytes, header: RunHeader | None,
         if record.get("type") != "header":
             return None, "not a run header"
         version = _schema_version(record)
+        readable = " and ".join(map(str, READABLE_SCHEMAS))
+        if version is None:
+            raise RecordError(f"{path}: the header has no schema_version, so it is not a run record embedcache "
+                              f"wrote (this embedcache reads schema versions {readable})")
         if version not in READABLE_SCHEMAS:
-            raise RecordError(f"{path}: record schema version {record.get('schema_version', record.get('schema'))!r}, "
-                              f"this embedcache reads {', '.join(map(str, READABLE_SCHEMAS))}")
+            raise RecordError(f"{path}: record schema version {version}, but this embedcache reads versions "
+                              f"{readable}; a newer embedcache wrote it: upgrade to read it")
         problem = _missing(record, _HEADER_FIELDS)
         return _typed(RunHeader.from_dict, record, problem)
     if record.get("type") != "round":
