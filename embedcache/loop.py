@@ -198,9 +198,9 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
     `source` describes the features: their `fingerprint` (cache recipe or backbone recipe), a
     `backbone` label for plots and `data` (which examples: the cache's or dataset's
     `Metadata.fingerprint`; the metadata's own when empty); it goes into the record header. A
-    record is resumed or reused only
-    if features, data, protocol, learner and strategy are all the same. Everything is checked (the
-    features too, when the learner offers `nonfinite_rows`) before the first byte is written.
+    record is resumed or reused only if features, data, protocol, learner and strategy are all the
+    same. Everything is checked (the features too, when the learner offers `nonfinite_rows`)
+    before the first byte is written.
     """
     plan = Plan.make(protocol, metadata, getattr(learner, "nonfinite_rows", None))
     planned = plan_run(plan, describe(learner), strategy, seed, out_dir, source)
