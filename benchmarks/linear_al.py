@@ -52,20 +52,21 @@ def main() -> None:
     from embedcache.learners.linear import LinearLearner
     from embedcache.loop import run_al
     from embedcache.protocols import get_protocol
+    from embedcache.records import Source
 
     x, meta = ambiguity_embeddings(n_train=4795, n_val=1199, dim=args.dim, matched=0.95, minority=0.23, seed=0)
     protocol = get_protocol("waterbirds")
     pool, val = meta.split_indices("train"), meta.split_indices("val")
     ours, theirs, final = [], [], {}
     with tempfile.TemporaryDirectory() as out:
-        run_al(LinearLearner(x, 2), meta, protocol, "least-confidence", 99, out, source={"fingerprint": "warm-up"})
+        run_al(LinearLearner(x, 2), meta, protocol, "least-confidence", 99, out, source=Source("warm-up"))
         for seed in range(args.runs):
             started = time.perf_counter()
             run = run_al(LinearLearner(x, 2), meta, protocol, "least-confidence", seed, out,
-                         source={"fingerprint": "benchmark"})
+                         source=Source("benchmark"))
             ours.append(time.perf_counter() - started)
-            final["embedcache"] = run.rounds[-1]["metrics"]["val"]["accuracy"]
-            seed_rows = np.flatnonzero(np.isin(meta.ids, run.header["seed_ids"]))
+            final["embedcache"] = run.rounds[-1].metrics["val"].accuracy
+            seed_rows = np.flatnonzero(np.isin(meta.ids, run.header.seed_ids))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # lbfgs convergence warnings of the baseline
                 started = time.perf_counter()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from embedcache.cli.options import (Bars, backbone_options, dataset_options, finetune_options, parse_key_values,
                                     progress_bar, step_bars)
+
+if TYPE_CHECKING:
+    from embedcache.records import RoundRecord
 
 
 def _per_round(value: str | None):
@@ -31,19 +35,19 @@ def _percentiles(values: tuple[str, ...]):
     return tuple(parsed) or None
 
 
-def round_line(record: dict, n_rounds: int, run_name: str) -> str:
+def round_line(record: RoundRecord, n_rounds: int, run_name: str) -> str:
     """One compact line per round: labelled count, accuracy (and worst group) per evaluated split, and
     for finetuning the steps taken and the rule that stopped them."""
-    parts = [f"{run_name} round {record['round'] + 1:>3}/{n_rounds}", f"n={record['n_labeled']:<5}"]
-    for split, m in record["metrics"].items():
-        text = f"{split} acc {m['accuracy']:.3f}"
-        if "worst_group" in m:
-            text += f" worst {m['worst_group']['accuracy']:.3f} ({m['worst_group']['value']})"
+    parts = [f"{run_name} round {record.round + 1:>3}/{n_rounds}", f"n={record.n_labeled:<5}"]
+    for split, m in record.metrics.items():
+        text = f"{split} acc {m.accuracy:.3f}"
+        if m.worst_group is not None:
+            text += f" worst {m.worst_group.accuracy:.3f} ({m.worst_group.value})"
         parts.append(text)
-    training = record.get("training", {})
-    if training.get("stopped_by") in ("loss_ratio", "schedule", "max_steps"):
-        parts.append(f"{training['steps']} steps ({training['stopped_by']}, loss {training['loss_initial']:.3g} → "
-                     f"{training['loss_final']:.3g})")
+    training = record.training
+    if training.stopped_by in ("loss_ratio", "schedule", "max_steps"):
+        parts.append(f"{training.steps} steps ({training.stopped_by}, loss {training.loss_initial:.3g} → "
+                     f"{training.loss_final:.3g})")
     return "  ".join(parts)
 
 
@@ -151,9 +155,9 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
 
     def on_round(strategy, seed, record, n_rounds):
         name = f"[{strategy} seed {seed}]"
-        if record["metrics"]:
+        if record.metrics:
             round_bars.write(round_line(record, n_rounds, name))
-        round_bars.update(name, record["round"] + 1, n_rounds, "round")
+        round_bars.update(name, record.round + 1, n_rounds, "round")
 
     with progress_bar("runs", "run", enabled=not quiet and jobs > 1) as runs_bar:
         runs = run_grid(experiment, protocol, strategies, seed_list, out, jobs=jobs,

@@ -141,7 +141,7 @@ def tsne(cache, out, runs, strategy, run_seed, first, colour, style, split, max_
         if runs:
             run = select_run(read_runs(runs), c.fingerprint, strategy, run_seed)
             starred_ids = [i for _, i, _ in run.acquired()[:first]]
-            split = split or run.header["protocol"]["pool_split"]
+            split = split or run.header.pool_split
             title += f"; stars: first {len(starred_ids)} acquired by {run.strategy} (seed {run.seed})"
         rows, starred = map_rows(metadata, starred_ids, split, config)
         x = c.embeddings(rows, dtype="float32")

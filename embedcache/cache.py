@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import os
@@ -48,7 +47,7 @@ import embedcache
 from embedcache.errors import CacheError, DatasetError
 from embedcache.faults import crash_point
 from embedcache.metadata import Metadata
-from embedcache.recipe import canonical_json, recipe_difference, recipe_fingerprint
+from embedcache.recipe import canonical_json, recipe_difference, recipe_fingerprint, vectors_digest
 
 SCHEMA_VERSION = 1
 EMBEDDING_DTYPES = ("float16", "float32")
@@ -524,10 +523,11 @@ class EmbeddingCache:
         if embeddings.ndim != 2 or len(embeddings) != len(metadata):
             raise CacheError(f"embeddings of shape {embeddings.shape} do not match {len(metadata)} metadata rows")
         dtype = recipe.get("dtype") or str(embeddings.dtype)
-        if dataset is None:  # fingerprint the content, as extraction does with the dataset's manifest
-            digest = hashlib.sha256(metadata.fingerprint().encode())
-            digest.update(np.ascontiguousarray(embeddings).tobytes())
-            dataset = {"name": "in-memory", "rows": len(metadata), "manifest_sha256": digest.hexdigest()}
+        if dataset is None:  # the examples are known by their vectors, as an imported cache's
+            content = vectors_digest(embeddings.dtype, *embeddings.shape)
+            content.update(np.ascontiguousarray(embeddings, embeddings.dtype.newbyteorder("<")))
+            dataset = {"name": "in-memory", "rows": len(metadata),
+                       "manifest_sha256": metadata.fingerprint(content.hexdigest())}
         with cls.create(path, metadata, dim=embeddings.shape[1], dtype=dtype, recipe=recipe,
                         dataset=dataset, overwrite=overwrite) as cache:
             for start in range(0, len(embeddings), cache.block_rows):

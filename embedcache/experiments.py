@@ -35,10 +35,10 @@ from embedcache.loop import NonfiniteRows, Plan, describe, execute, plan_run, ru
 from embedcache.metadata import Metadata
 from embedcache.protocols import Protocol
 from embedcache.recipe import recipe_label
-from embedcache.records import RecordLock, Run, read_run
+from embedcache.records import RecordLock, RoundRecord, Run, Source, read_run
 
 #: on_round(strategy, seed, record, n_rounds): after each round (single-process runs only).
-OnRound = Callable[[str, int, dict, int], None]
+OnRound = Callable[[str, int, RoundRecord, int], None]
 #: on_run(run, finished, total): called in the calling process as each run finishes.
 OnRun = Callable[[Run, int, int], None]
 
@@ -53,7 +53,7 @@ class Session:
     grid. `close` is called once the grid is done."""
 
     metadata: Metadata
-    source: dict
+    source: Source
     learner_description: dict
     make_learner: Callable[[], object] | None
     nonfinite_rows: NonfiniteRows | None = None
@@ -91,9 +91,8 @@ class LinearExperiment:
         with EmbeddingCache(self.cache) as cache:
             cache.require_complete()
             metadata = cache.metadata()
-            source = {"fingerprint": cache.fingerprint, "backbone": recipe_label(cache.recipe),
-                      "data": cache.dataset.get("manifest_sha256") or metadata.fingerprint(),
-                      "cache": str(Path(self.cache).resolve()), "dataset": cache.dataset}
+            source = Source(cache.fingerprint, cache.dataset.get("manifest_sha256") or metadata.fingerprint(),
+                            recipe_label(cache.recipe), str(Path(self.cache).resolve()), cache.dataset)
             features = cache.embeddings(dtype=np.float32) if learners else None
         if features is None:
             return Session(metadata, source, self.learner.describe(), None,
@@ -181,11 +180,12 @@ class FinetuneExperiment:
         finetune = FinetuneLearner(data, backbone, metadata.num_classes, recipe, self.options, self.progress)
         start = finetune.starting_point()
         described = data.describe()
-        source = {"fingerprint": start.fingerprint, "backbone": recipe_label(start.to_dict()),
-                  "data": described["manifest_sha256"], "dataset": described}
+        source = Source(start.fingerprint, described["manifest_sha256"], recipe_label(start.to_dict()),
+                        dataset=described)
         features = None
         if "linear" in (self.evaluate_with, self.score_with):
-            features, source["linear"] = aligned_features(self.cache, metadata)
+            features, linear_side = aligned_features(self.cache, metadata)
+            source = dataclasses.replace(source, linear=linear_side)
         linear_config, score_with = self.linear, self.score_with
 
         def make_learner():
@@ -193,7 +193,7 @@ class FinetuneExperiment:
                 return finetune  # no state carries from one run to the next
             linear = LinearLearner(features, metadata.num_classes, linear_config)
             pair = (finetune, linear) if score_with == "linear" else (linear, finetune)
-            return HybridLearner(*pair, linear_features=source["linear"]["fingerprint"])
+            return HybridLearner(*pair, linear_features=source.linear["fingerprint"])
 
         follower = finetune.context.rank != 0
         nonfinite = None if features is None else (lambda rows: _nonfinite(_blocks(features, rows)))

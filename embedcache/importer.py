@@ -24,7 +24,6 @@ import abc
 import concurrent.futures
 import dataclasses
 import functools
-import hashlib
 import os
 import time
 import zipfile
@@ -38,6 +37,7 @@ from embedcache.datasets.base import csv_columns, csv_rows, require_all_cells
 from embedcache.errors import CacheError, ConfigError, DatasetError
 from embedcache.metadata import (Locate, Metadata, group_values, parse_ids, parse_labels, parse_splits,
                                  require_label_column)
+from embedcache.recipe import vectors_digest
 
 #: Bytes of vectors read per block (the import's working memory is a few of these).
 BLOCK_BYTES = 16 << 20
@@ -552,8 +552,7 @@ class _Scan:
 def _scan(vectors: VectorFile, block_rows: int, storage: np.dtype, progress: Progress | None) -> _Scan:
     """First pass: the content hash (in a second thread, overlapping the reads and checks) and the rows whose
     values are not finite or do not fit the storage dtype."""
-    digest = hashlib.sha256(f"embedcache-vectors-v1 {vectors.dtype.newbyteorder('<').str} {vectors.rows} "
-                            f"{vectors.dim}\n".encode())
+    digest = vectors_digest(vectors.dtype, vectors.rows, vectors.dim)
     infinity = _bits(np.inf, vectors.dtype)
     # rows at or above `bound` are non-finite or (when stored narrower) beyond the storage dtype's largest value
     bound = _bits(np.finfo(storage).max, vectors.dtype) + 1 if storage.itemsize < vectors.dtype.itemsize else infinity
@@ -636,7 +635,7 @@ def import_embeddings(embeddings: str | Path, metadata: str | Path, out: str | P
     source = {**vectors.describe(), "model": options.model.strip(), "content_sha256": scan.content_sha256,
               "metadata": str(metadata.resolve()), "aligned_by": aligned_by}
     dataset = {"name": "import", "root": str(embeddings.resolve()), "options": source, "modality": "embeddings",
-               "rows": len(meta), "manifest_sha256": meta.fingerprint()}
+               "rows": len(meta), "manifest_sha256": meta.fingerprint(scan.content_sha256)}
     with EmbeddingCache.create(out, meta, dim=vectors.dim, dtype=str(storage), recipe=recipe, dataset=dataset,
                                overwrite=options.overwrite) as cache:
         done = 0

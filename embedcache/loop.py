@@ -28,10 +28,11 @@ from embedcache.errors import CacheError, ConfigError
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
-from embedcache.records import Run, RunWriter, check_identity, read_existing, read_run, record_path
+from embedcache.records import (Acquisition, RoundRecord, Run, RunHeader, RunWriter, Source, SplitMetrics, Training,
+                                check_identity, read_existing, read_run, record_path)
 
 #: on_round(record, n_rounds): called after each round is written.
-OnRound = Callable[[dict, int], None]
+OnRound = Callable[[RoundRecord, int], None]
 _PURPOSES = {"seed-set": 1, "pool": 2, "ties": 3}
 
 
@@ -155,7 +156,7 @@ class PlannedRun:
     strategy: str
     seed: int
     seed_rows: np.ndarray
-    header: dict
+    header: RunHeader
     path: Path
     existing: Run | None
 
@@ -164,7 +165,7 @@ class PlannedRun:
         return self.existing is not None and self.existing.complete
 
 
-def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str | Path, source: dict) -> PlannedRun:
+def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str | Path, source: Source) -> PlannedRun:
     """Check one run (its strategy, its seed set) and read its record if there is one: a record of
     another configuration is refused (RecordError naming the differences); nothing is written, so
     this works on read-only records. `learner` is the learner's `describe()`."""
@@ -172,14 +173,11 @@ def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str |
     protocol, metadata = plan.protocol, plan.metadata
     seed_rows = seed_set(metadata.label[plan.pool], plan.pool, protocol.seed_size, protocol.seed_balanced,
                          _rng(seed, "seed-set"))
-    header = {
-        "mode": learner.get("learner", "unknown"), "strategy": strategy, "seed": int(seed),
-        "protocol": protocol.to_dict(), "learner": learner, "fingerprint": source["fingerprint"],
-        "data": source.get("data") or metadata.fingerprint(), "backbone": source.get("backbone", ""),
-        "source": source, "n_rounds": protocol.n_rounds,
-        "seed_ids": metadata.ids[seed_rows].tolist(), "seed_groups": plan.group_values(seed_rows),
-        "pool_counts": plan.pool_counts(), "versions": library_versions(),
-    }
+    header = RunHeader(
+        mode=learner.get("learner", "unknown"), strategy=strategy, seed=int(seed), protocol=protocol.to_dict(),
+        learner=learner, source=source if source.data else dataclasses.replace(source, data=metadata.fingerprint()),
+        n_rounds=protocol.n_rounds, seed_ids=metadata.ids[seed_rows].tolist(),
+        seed_groups=plan.group_values(seed_rows), pool_counts=plan.pool_counts(), versions=library_versions())
     path = record_path(out_dir, strategy, seed)
     existing = read_existing(path)
     if existing is not None:
@@ -194,14 +192,15 @@ def describe(learner) -> dict:
 
 
 def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path, *,
-           source: dict, on_round: OnRound | None = None) -> Run:
+           source: Source, on_round: OnRound | None = None) -> Run:
     """Run (or resume, or skip if finished) one (strategy, seed) run and return its record.
 
-    `source` describes the features: at least `fingerprint` (cache recipe or backbone recipe),
-    `backbone` (a label for plots) and `data` (a fingerprint of the examples: the dataset manifest;
-    the metadata's when absent); it goes into the record header. A record is resumed or reused only
-    if features, data, protocol, learner and strategy are all the same. Everything is checked (the
-    features too, when the learner offers `nonfinite_rows`) before the first byte is written.
+    `source` describes the features: their `fingerprint` (cache recipe or backbone recipe), a
+    `backbone` label for plots and `data` (which examples: the cache's or dataset's
+    `Metadata.fingerprint`; the metadata's own when empty); it goes into the record header. A
+    record is resumed or reused only if features, data, protocol, learner and strategy are all the
+    same. Everything is checked (the features too, when the learner offers `nonfinite_rows`)
+    before the first byte is written.
     """
     plan = Plan.make(protocol, metadata, getattr(learner, "nonfinite_rows", None))
     planned = plan_run(plan, describe(learner), strategy, seed, out_dir, source)
@@ -212,7 +211,7 @@ def execute(planned: PlannedRun, learner, on_round: OnRound | None = None) -> Ru
     """Run a planned run from where its record stands: take the record's lock (refused while another
     process writes it), write the header if the record has none, then one line per round."""
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with RunWriter(planned.path, {**planned.header, "created": created}) as writer:
+    with RunWriter(planned.path, dataclasses.replace(planned.header, created=created)) as writer:
         if writer.complete:  # finished by another process since it was planned
             return read_run(writer.path)
         _run_rounds(planned, learner, writer, on_round)
@@ -226,8 +225,7 @@ def _run_rounds(planned: PlannedRun, learner, writer: RunWriter, on_round: OnRou
     labels = metadata.label
     schedule = protocol.schedule()
     row_of = {i: r for r, i in enumerate(metadata.ids)}
-    labeled = [seed_rows] + [np.array([row_of[i] for i in r["acquired"]["ids"]], dtype=np.int64)
-                             for r in writer.rounds]
+    labeled = [seed_rows] + [np.array([row_of[i] for i in r.acquired.ids], dtype=np.int64) for r in writer.rounds]
     if hasattr(learner, "prepare"):
         learner.prepare(plan.pool, plan.evaluation)
     if getattr(learner, "warm_start", False):  # rebuild the warm-start chain the finished rounds left
@@ -241,15 +239,15 @@ def _run_rounds(planned: PlannedRun, learner, writer: RunWriter, on_round: OnRou
         started = time.perf_counter()
         rows = np.concatenate(labeled)
         learner.fit(rows, labels[rows])
-        record: dict = {"round": r, "n_labeled": int(len(rows))}
         last = r == protocol.n_rounds - 1
-        record["metrics"] = {}
+        metrics = {}
         if r % protocol.eval_every == 0 or last:
             for split, eval_rows in plan.evaluation.items():
                 predicted = learner.predict_proba(eval_rows).argmax(axis=1)
-                record["metrics"][split] = evaluate(labels[eval_rows], predicted, plan.evaluation_metadata[split],
-                                                    protocol.evaluation)
-        record["training"] = dict(getattr(learner, "training_", {}))
+                metrics[split] = SplitMetrics.from_dict(evaluate(labels[eval_rows], predicted,
+                                                                 plan.evaluation_metadata[split], protocol.evaluation),
+                                                        f"metrics.{split}")
+        training = Training.from_dict(getattr(learner, "training_", {}))
         chosen, scores, pool_size = np.zeros(0, dtype=np.int64), np.zeros(0), 0
         if not last:
             candidates = plan.pool[~is_labeled[plan.pool]]
@@ -259,10 +257,10 @@ def _run_rounds(planned: PlannedRun, learner, writer: RunWriter, on_round: OnRou
             chosen, scores = chooser.select(learner, candidates, schedule[r], _round_seed(seed, r))
             is_labeled[chosen] = True
             labeled.append(np.asarray(chosen, dtype=np.int64))
-        record["acquired"] = {"ids": metadata.ids[chosen].tolist(), "scores": np.asarray(scores, float).tolist(),
-                              "groups": plan.group_values(chosen)}
-        record["pool_size"] = pool_size
-        record["seconds"] = time.perf_counter() - started
+        acquired = Acquisition(metadata.ids[chosen].tolist(), np.asarray(scores, float).tolist(),
+                               plan.group_values(chosen))
+        record = RoundRecord(r, int(len(rows)), metrics, training, acquired, int(pool_size),
+                             time.perf_counter() - started)
         writer.write_round(record)
         if on_round is not None:
             on_round(record, protocol.n_rounds)

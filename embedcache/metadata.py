@@ -313,14 +313,23 @@ class Metadata:
             if n and (codes.min() < 0 or codes.max() >= len(names)):
                 raise DatasetError(f"{source}: group {name!r} has codes outside its {len(names)} names")
 
-    def fingerprint(self) -> str:
-        """sha256 of every column and name: equal for equal metadata, whatever the arrays' memory layout."""
+    def fingerprint(self, inputs: Sequence[str] | str | None = None) -> str:
+        """Which examples these are: the sha256 of ids, labels, splits, groups and `inputs`, the one
+        definition behind a cache's `dataset.manifest_sha256` and a run record's `data`.
+
+        `inputs` is what the examples are made of when that is known: a dataset adapter's image paths
+        or texts (one per row), or, for a cache written from vectors (`embedcache import`,
+        `EmbeddingCache.write`), the sha256 of the vectors (`recipe.vectors_digest`); None when
+        unknown. Label names are left out: renaming classes does not change the examples. The value
+        for an adapter's inputs is the manifest hash embedcache has always written, so caches and
+        records of real datasets keep their identity.
+        """
         from embedcache.recipe import sha256_json
 
-        return sha256_json([self.ids.tolist(), self.label.tolist(), self.split.tolist(), list(self.split_names),
-                            {k: v.tolist() for k, v in sorted(self.groups.items())},
-                            {k: list(v) for k, v in sorted(self.group_names.items())},
-                            None if self.label_names is None else list(self.label_names)])
+        return sha256_json([self.ids.tolist(), None if inputs is None else inputs if isinstance(inputs, str)
+                            else list(inputs), self.label.tolist(), self.split.tolist(), list(self.split_names),
+                            {k: v.tolist() for k, v in self.groups.items()},
+                            {k: list(v) for k, v in self.group_names.items()}])
 
     def take(self, rows: np.ndarray | slice) -> "Metadata":
         """The metadata of a subset of rows, in the order given."""

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no spaces: equal objects give equal strings."""
@@ -31,6 +33,13 @@ def sha256_files(paths: Iterable[str | Path], block: int = 1 << 22) -> str:
             while chunk := f.read(block):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def vectors_digest(dtype: Any, rows: int, dim: int) -> "hashlib._Hash":
+    """A sha256 to be fed the little-endian bytes of a [rows, dim] float array, row after row: equal
+    for equal values (with their dtype and shape), whichever file or array held them."""
+    little = np.dtype(dtype).newbyteorder("<").str
+    return hashlib.sha256(f"embedcache-vectors-v1 {little} {rows} {dim}\n".encode())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,17 +1,26 @@
-"""Run records: one JSONL file per (strategy, seed) run; everything the analysis reads.
+"""Run records: one JSONL file per (strategy, seed) run; everything the analysis reads. This module
+is the only one that knows how a record is laid out: the rest of embedcache builds and reads the
+typed records below (`RunHeader`, `RoundRecord` and their parts) and never walks their JSON.
 
-Line 1 is the header (`"type": "header"`): strategy, seed, mode, the resolved protocol, the
-learner config, the features `fingerprint` (cache recipe in linear mode, backbone recipe in
-finetune mode), the `data` fingerprint (the dataset manifest's sha256), a human `backbone` label, library versions, the number of rounds planned
-(`n_rounds`), the seed set (`seed_ids` and their group values in `seed_groups`), and the pool's
-group counts (`pool_counts`: column → value → count over the pool split, the base rate the
-upsampling analysis compares acquisitions with).
+Line 1 is the header (`"type": "header"`, `RunHeader`): its `schema_version`, strategy, seed, mode,
+the resolved protocol, the learner config, the features `fingerprint` (cache recipe in linear mode,
+backbone recipe in finetune mode), the `data` fingerprint (which examples: `Metadata.fingerprint`),
+a human `backbone` label, `source` (the cache file, the dataset description, a hybrid's linear
+side), library versions, the number of rounds planned (`n_rounds`), the seed set (`seed_ids` and
+their group values in `seed_groups`), and the pool's group counts (`pool_counts`: column → value →
+count over the pool split, the base rate the upsampling analysis compares acquisitions with).
 
-Then one line per round (`"type": "round"`): `round`, `n_labeled` (examples the round's model was
-trained on), `metrics` (split → metrics dict, see `embedcache.metrics.evaluate`), `training`
-(`steps`, `loss_initial`, `loss_final`, `stopped_by`), `acquired` (`ids`, `scores`, and `groups`:
-column → value per acquired id; the batch this round's model chose, labelled from the next round
-on; empty in the last round), `pool_size` (candidates scored) and `seconds`.
+Then one line per round (`"type": "round"`, `RoundRecord`): `round`, `n_labeled` (examples the
+round's model was trained on), `metrics` (split → `SplitMetrics`, see `embedcache.metrics.evaluate`),
+`training` (`Training`: `steps`, `loss_initial`, `loss_final`, `stopped_by`), `acquired`
+(`Acquisition`: `ids`, `scores`, and `groups`: column → value per acquired id; the batch this
+round's model chose, labelled from the next round on; empty in the last round), `pool_size`
+(candidates scored) and `seconds`.
+
+Schema versions. 2 (written now): the header names its version `schema_version`, and `source`
+holds only what the header does not say already. 1 (embedcache before typed records): the key is
+`schema`, and `source` repeats `fingerprint`, `backbone` and `data`. Rounds are the same in both,
+so a version-1 record is read, reported and resumed as it is (its resumed rounds follow its header).
 
 Lines are appended and flushed one at a time, so a killed run leaves whole lines plus at most one
 partial last line, which readers ignore and writers truncate before resuming. (No fsync: a flushed
@@ -21,8 +30,9 @@ rerun. fsync would cost more than a whole linear-mode round.)
 One writer at a time: a writer holds an OS lock (`flock`) on `<record>.lock`, which names it (pid,
 host, since when). The OS drops the lock when its process dies, however it dies, so a rerun after
 a kill is never blocked; readers never lock. A line that is not what a record holds (not JSON, not
-an object, a round out of order) stops readers with a message naming the file and line;
-`repair_run` keeps the header and the intact rounds before it, and the original beside it.
+an object, a field missing or of the wrong type, a round out of order) stops readers with a message
+naming the file and line; `repair_run` keeps the header and the intact rounds before it, and the
+original beside it.
 """
 
 from __future__ import annotations
@@ -35,20 +45,26 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import Any, BinaryIO, Iterable, Mapping
 
 import numpy as np
 
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.recipe import canonical_json
 
-RECORD_SCHEMA = 1
-#: Header fields that define a run: a record is resumed only if all of them are equal.
-IDENTITY_FIELDS = ("schema", "mode", "strategy", "seed", "protocol", "learner", "fingerprint", "data", "n_rounds")
+#: The version new records are written in; READABLE_SCHEMAS lists those this embedcache reads.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+#: Header fields that define a run: a record is resumed or reused only if all of them are equal. The
+#: schema version is not one of them: it says how the record is written, not what run it holds.
+IDENTITY_FIELDS = ("mode", "strategy", "seed", "protocol", "learner", "fingerprint", "data", "n_rounds")
 #: Fields every header and every round line must have, with their JSON types.
 _HEADER_FIELDS = {"strategy": str, "seed": int, "n_rounds": int, "fingerprint": str, "seed_ids": list}
 _ROUND_FIELDS = {"round": int, "n_labeled": int, "metrics": dict, "acquired": dict}
-_JSON_KINDS = {list: "array", int: "number", float: "number", str: "string", bool: "boolean", type(None): "null"}
+_JSON_KINDS = {list: "array", int: "number", float: "number", str: "string", bool: "boolean", type(None): "null",
+               dict: "object"}
+#: Joins column names in a group spec and value names in a combined group value (as `embedcache.metrics`).
+_COMBINE = "*"
 
 
 class RecordError(EmbedcacheError):
@@ -70,64 +86,398 @@ def unwritable(folder: Path, error: OSError) -> ConfigError:
                        "another --out")
 
 
-@dataclasses.dataclass
-class Run:
-    """One run record read back: its header and its complete round lines."""
+# ---------------------------------------------------------------------------------------------- typed records
 
-    path: Path
-    header: dict
-    rounds: list[dict]
+class _Malformed(ValueError):
+    """A field of a record line that is missing or of the wrong JSON type; the message names it."""
+
+
+_NUMBER = (int, float)
+
+
+def _field(d: Mapping, key: str, kind: type | tuple[type, ...], where: str = "", default: Any = ...) -> Any:
+    """d[key], checked to be of `kind` (bool is not a number); `default` when missing, if given."""
+    name = f"{where}.{key}" if where else key
+    if key not in d:
+        if default is ...:
+            raise _Malformed(f"no field {name}")
+        return default
+    value = d[key]
+    if isinstance(value, np.generic):  # a learner's facts may be numpy scalars
+        value = value.item()
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(dict.fromkeys(_JSON_KINDS.get(k, k.__name__) for k in kinds))
+        raise _Malformed(f"field {name} is a JSON {_JSON_KINDS.get(type(value), 'value')}, not {expected}")
+    return value
+
+
+def _object(value: Any, name: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise _Malformed(f"field {name} is not an object")
+    return value
+
+
+def _strings(values: Any, name: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise _Malformed(f"field {name} is not an array of strings")
+    return values
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupAccuracy:
+    """Accuracy on the `n` evaluated examples with one group value."""
+
+    n: int
+    accuracy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class WorstGroup:
+    """The value of the group spec `group` (e.g. "label*place") with the lowest accuracy."""
+
+    group: str
+    value: str
+    accuracy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitMetrics:
+    """What one round measured on one evaluated split (`embedcache.metrics.evaluate`).
+
+    groups: spec → value → accuracy there; worst_group: the protocol's worst-group spec, if it has
+    one; extra: the dataset's own metrics by name ("macro_f1", "class_balanced_accuracy",
+    "user_accuracy_p10", ...).
+
+    Metrics are named as the analysis names them (`value`): "accuracy", "worst_group", an extra's
+    name, or "SPEC=VALUE" for one group value, e.g. "label*place=waterbird*land".
+    """
+
+    n: int
+    accuracy: float
+    groups: dict[str, dict[str, GroupAccuracy]] = dataclasses.field(default_factory=dict)
+    worst_group: WorstGroup | None = None
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def value(self, metric: str) -> float | None:
+        """The metric named `metric` (see the class docstring); None when this split lacks it."""
+        if metric == "accuracy":
+            return self.accuracy
+        if metric == "worst_group":
+            return None if self.worst_group is None else self.worst_group.accuracy
+        spec, sep, value = metric.partition("=")
+        if sep:
+            group = self.groups.get(spec, {}).get(value)
+            return None if group is None else group.accuracy
+        return self.extra.get(metric)
+
+    def scalar_names(self) -> list[str]:
+        """The metrics with one value per split: accuracy, worst_group when recorded, the extras."""
+        return ["accuracy", *(["worst_group"] if self.worst_group else []), *self.extra]
+
+    def group_names(self) -> list[str]:
+        """"SPEC=VALUE" for every group value recorded, in evaluation order."""
+        return [f"{spec}={value}" for spec, values in self.groups.items() for value in values]
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "SplitMetrics":
+        d = _object(d, where)
+        groups: dict[str, dict[str, GroupAccuracy]] = {}
+        for spec, values in _field(d, "groups", dict, where, {}).items():
+            groups[spec] = {}
+            for value, g in _object(values, f"{where}.groups.{spec}").items():
+                name = f"{where}.groups.{spec}.{value}"
+                g = _object(g, name)
+                groups[spec][value] = GroupAccuracy(_field(g, "n", int, name),
+                                                    float(_field(g, "accuracy", _NUMBER, name)))
+        worst = _field(d, "worst_group", dict, where, None)
+        if worst is not None:
+            name = f"{where}.worst_group"
+            worst = WorstGroup(_field(worst, "group", str, name), _field(worst, "value", str, name),
+                               float(_field(worst, "accuracy", _NUMBER, name)))
+        extra = {k: float(_field(d, k, _NUMBER, where)) for k in d
+                 if k not in ("n", "accuracy", "groups", "worst_group")}
+        return cls(_field(d, "n", int, where), float(_field(d, "accuracy", _NUMBER, where)), groups, worst, extra)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"n": self.n, "accuracy": self.accuracy}
+        if self.groups:
+            d["groups"] = {spec: {value: dataclasses.asdict(g) for value, g in values.items()}
+                           for spec, values in self.groups.items()}
+        if self.worst_group is not None:
+            d["worst_group"] = dataclasses.asdict(self.worst_group)
+        return {**d, **self.extra}
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What fitting a round's model took, as its learner reports it (`training_`): steps, the first
+    and last loss, and the rule that stopped it (e.g. "converged", "loss_ratio", "schedule");
+    `scorer` is a hybrid learner's second model's own; `extra` keeps any other fact a learner
+    reports. Every field is None for a learner that reports nothing."""
+
+    steps: int | None = None
+    loss_initial: float | None = None
+    loss_final: float | None = None
+    stopped_by: str | None = None
+    scorer: "Training | None" = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "training") -> "Training":
+        d = _object(d, where)
+        scorer = _field(d, "scorer", dict, where, None)
+        known = ("steps", "loss_initial", "loss_final", "stopped_by", "scorer")
+        return cls(_field(d, "steps", (int, type(None)), where, None),
+                   _float_or_none(_field(d, "loss_initial", (*_NUMBER, type(None)), where, None)),
+                   _float_or_none(_field(d, "loss_final", (*_NUMBER, type(None)), where, None)),
+                   _field(d, "stopped_by", (str, type(None)), where, None),
+                   None if scorer is None else cls.from_dict(scorer, f"{where}.scorer"),
+                   {k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("steps", "loss_initial", "loss_final", "stopped_by")
+             if getattr(self, k) is not None}
+        d.update(self.extra)
+        if self.scorer is not None:
+            d["scorer"] = self.scorer.to_dict()
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+    """The batch a round's model chose, best first: ids, their scores, and each one's value of every
+    recorded column (`groups`: column → values, aligned with `ids`). Empty in the last round."""
+
+    ids: list[str] = dataclasses.field(default_factory=list)
+    scores: list[float] = dataclasses.field(default_factory=list)
+    groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def values(self, spec: str) -> list[str]:
+        """Each acquired example's value of a group spec: a column, or columns joined with "*"
+        (values joined the same way, e.g. "waterbird*land")."""
+        columns = [self.groups[c] for c in spec.split(_COMBINE)]
+        return [_COMBINE.join(v) for v in zip(*columns)]
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "acquired") -> "Acquisition":
+        d = _object(d, where)
+        ids = _strings(_field(d, "ids", list, where), f"{where}.ids")
+        scores = _field(d, "scores", list, where)
+        if len(scores) != len(ids) or not all(isinstance(s, _NUMBER) and not isinstance(s, bool) for s in scores):
+            raise _Malformed(f"field {where}.scores is not an array of {len(ids)} numbers")
+        groups = {c: _strings(v, f"{where}.groups.{c}") for c, v in _field(d, "groups", dict, where, {}).items()}
+        short = [c for c, v in groups.items() if len(v) != len(ids)]
+        if short:
+            raise _Malformed(f"field {where}.groups.{short[0]} does not hold one value per id")
+        return cls(ids, [float(s) for s in scores], groups)
+
+    def to_dict(self) -> dict:
+        return {"ids": list(self.ids), "scores": list(self.scores), "groups": dict(self.groups)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundRecord:
+    """One round of a run: the model trained on `n_labeled` examples, what it measured per split
+    (empty in rounds the protocol does not evaluate), how its training went, and what it acquired."""
+
+    round: int
+    n_labeled: int
+    metrics: dict[str, SplitMetrics] = dataclasses.field(default_factory=dict)
+    training: Training = Training()
+    acquired: Acquisition = Acquisition()
+    pool_size: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "RoundRecord":
+        metrics = {split: SplitMetrics.from_dict(m, f"metrics.{split}") for split, m in d["metrics"].items()}
+        return cls(d["round"], d["n_labeled"], metrics, Training.from_dict(_field(d, "training", dict, "", {})),
+                   Acquisition.from_dict(d["acquired"]), _field(d, "pool_size", int, "", 0),
+                   float(_field(d, "seconds", _NUMBER, "", 0.0)))
+
+    def to_dict(self) -> dict:
+        return {"type": "round", "round": self.round, "n_labeled": self.n_labeled,
+                "metrics": {split: m.to_dict() for split, m in self.metrics.items()},
+                "training": self.training.to_dict(), "acquired": self.acquired.to_dict(),
+                "pool_size": self.pool_size, "seconds": self.seconds}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The features a run used, and where they came from.
+
+    fingerprint: the features' recipe fingerprint (the cache's in linear mode, the backbone starting
+    point's in finetune mode); data: which examples (`Metadata.fingerprint`); backbone: a label for
+    plots; cache: the cache file (linear mode); dataset: the cache's or the adapter's dataset
+    description (name, root, options, rows, manifest_sha256); linear: a hybrid run's linear side
+    (`cache`, `fingerprint`, `backbone`).
+    """
+
+    fingerprint: str
+    data: str = ""
+    backbone: str = ""
+    cache: str | None = None
+    dataset: dict[str, Any] | None = None
+    linear: dict[str, Any] | None = None
 
     @property
-    def strategy(self) -> str:
-        return self.header["strategy"]
+    def dataset_options(self) -> dict[str, Any]:
+        """The dataset adapter's options as recorded (e.g. a Waterbirds variant's matched share)."""
+        options = (self.dataset or {}).get("options")
+        return options if isinstance(options, dict) else {}
 
-    @property
-    def seed(self) -> int:
-        return int(self.header["seed"])
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunHeader:
+    """A run's first line: everything that defines it (`identity`) and what the analysis needs
+    besides the rounds. `schema_version` is the version the record was read in (SCHEMA_VERSION for
+    a new one); `created` is set when the record is written."""
+
+    strategy: str
+    seed: int
+    n_rounds: int
+    source: Source
+    seed_ids: list[str]
+    mode: str = "unknown"
+    protocol: dict[str, Any] = dataclasses.field(default_factory=dict)
+    learner: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    pool_counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    created: str | None = None
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def fingerprint(self) -> str:
-        return self.header["fingerprint"]
+        return self.source.fingerprint
+
+    @property
+    def data(self) -> str:
+        return self.source.data
 
     @property
     def backbone(self) -> str:
-        return self.header.get("backbone", self.fingerprint[:12])
+        """A label for plots: the recorded one, else the fingerprint's first 12 characters."""
+        return self.source.backbone or self.fingerprint[:12]
+
+    @property
+    def pool_split(self) -> str:
+        return self.protocol.get("pool_split", "train")
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns whose value is recorded for the seed set and every acquisition (the label and each group)."""
+        return list(self.seed_groups)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the run (IDENTITY_FIELDS), as JSON values."""
+        return {f: json.loads(canonical_json(getattr(self, f))) for f in IDENTITY_FIELDS}
+
+    def differences(self, other: "RunHeader") -> list[str]:
+        """The identity fields in which `other` is another run configuration."""
+        mine, theirs = self.identity(), other.identity()
+        return [f for f in IDENTITY_FIELDS if canonical_json(mine[f]) != canonical_json(theirs[f])]
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "RunHeader":
+        """A header line of any readable schema version (the caller has checked the version)."""
+        source = _field(d, "source", dict, "", {})
+        return cls(
+            strategy=d["strategy"], seed=d["seed"], n_rounds=d["n_rounds"],
+            seed_ids=_strings(d["seed_ids"], "seed_ids"),
+            source=Source(d["fingerprint"], _field(d, "data", str, "", ""), _field(d, "backbone", str, "", ""),
+                          _field(source, "cache", (str, type(None)), "source", None),
+                          _field(source, "dataset", (dict, type(None)), "source", None),
+                          _field(source, "linear", (dict, type(None)), "source", None)),
+            mode=_field(d, "mode", str, "", "unknown"), protocol=_field(d, "protocol", dict, "", {}),
+            learner=_field(d, "learner", dict, "", {}),
+            seed_groups={c: _strings(v, f"seed_groups.{c}") for c, v in _field(d, "seed_groups", dict, "", {}).items()},
+            pool_counts=_field(d, "pool_counts", dict, "", {}), versions=_field(d, "versions", dict, "", {}),
+            created=_field(d, "created", (str, type(None)), "", None), schema_version=_schema_version(d))
+
+    def to_dict(self) -> dict:
+        """The header line in the current schema version."""
+        source = {k: getattr(self.source, k) for k in ("cache", "dataset", "linear") if getattr(self.source, k)}
+        d = {"type": "header", "schema_version": SCHEMA_VERSION, "mode": self.mode, "strategy": self.strategy,
+             "seed": self.seed, "protocol": self.protocol, "learner": self.learner, "fingerprint": self.fingerprint,
+             "data": self.data, "backbone": self.source.backbone, "source": source, "n_rounds": self.n_rounds,
+             "seed_ids": self.seed_ids, "seed_groups": self.seed_groups, "pool_counts": self.pool_counts,
+             "versions": self.versions}
+        return d if self.created is None else {**d, "created": self.created}
+
+
+def _schema_version(d: Mapping) -> int | None:
+    """The header's schema version: `schema_version`, or version 1's `schema`; None when it has neither."""
+    version = d.get("schema_version", d.get("schema"))
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+@dataclasses.dataclass
+class Run:
+    """One run record read back: its header and its complete rounds."""
+
+    path: Path
+    header: RunHeader
+    rounds: list[RoundRecord]
+
+    @property
+    def strategy(self) -> str:
+        return self.header.strategy
+
+    @property
+    def seed(self) -> int:
+        return self.header.seed
+
+    @property
+    def fingerprint(self) -> str:
+        return self.header.fingerprint
+
+    @property
+    def backbone(self) -> str:
+        return self.header.backbone
 
     @property
     def complete(self) -> bool:
-        return len(self.rounds) >= int(self.header["n_rounds"])
+        return len(self.rounds) >= self.header.n_rounds
 
     def labeled_ids(self, before_round: int | None = None) -> list[str]:
         """The labelled set the model of round `before_round` (default: the next one) was trained on."""
         rounds = self.rounds if before_round is None else self.rounds[:before_round]
-        return list(self.header["seed_ids"]) + [i for r in rounds for i in r["acquired"]["ids"]]
+        return list(self.header.seed_ids) + [i for r in rounds for i in r.acquired.ids]
 
     def acquired(self) -> list[tuple[int, str, float]]:
         """(round, id, score) of every acquisition, in order."""
-        return [(r["round"], i, s) for r in self.rounds for i, s in zip(r["acquired"]["ids"], r["acquired"]["scores"])]
+        return [(r.round, i, s) for r in self.rounds for i, s in zip(r.acquired.ids, r.acquired.scores)]
 
-    def curve(self, split: str, path: str | Sequence[str] = "accuracy") -> tuple[np.ndarray, np.ndarray]:
-        """(n_labeled, value) over the rounds that evaluated `split`; `path` walks the metrics dict,
-        e.g. "accuracy", ("worst_group", "accuracy") or ("groups", "label*place", "waterbird*land", "accuracy")."""
-        keys = [path] if isinstance(path, str) else list(path)
+    def curve(self, split: str, metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
+        """(n_labeled, value) over the rounds that evaluated `metric` on `split` (metric names as in
+        `SplitMetrics.value`)."""
         xs, ys = [], []
         for r in self.rounds:
-            value = r.get("metrics", {}).get(split)
-            for key in keys:
-                value = value.get(key) if isinstance(value, dict) else None
+            metrics = r.metrics.get(split)
+            value = None if metrics is None else metrics.value(metric)
             if value is not None:
-                xs.append(r["n_labeled"])
-                ys.append(float(value))
+                xs.append(r.n_labeled)
+                ys.append(value)
         return np.asarray(xs, dtype=np.int64), np.asarray(ys, dtype=np.float64)
 
+
+# ------------------------------------------------------------------------------------------- reading records
 
 @dataclasses.dataclass
 class _Scan:
     """A record's lines read up to the first one that is not what a record holds."""
 
-    header: dict | None
-    rounds: list[dict]
+    header: RunHeader | None
+    rounds: list[RoundRecord]
     end: int  # bytes of the header and intact rounds: what a writer keeps
     broken_line: int | None = None  # 1-based number of the first bad line
     problem: str = ""
@@ -139,7 +489,8 @@ def _missing(record: dict, fields: dict[str, type]) -> str:
     return f"missing or mistyped field(s) {', '.join(wrong)}" if wrong else ""
 
 
-def _line_problem(path: Path, line: bytes, header: dict | None, rounds: list[dict]) -> tuple[dict | None, str]:
+def _line_problem(path: Path, line: bytes, header: RunHeader | None,
+                  rounds: list[RoundRecord]) -> tuple[RunHeader | RoundRecord | None, str]:
     """The line parsed, and what is wrong with it as the next line of the record ("" when nothing)."""
     try:
         record = json.loads(line)
@@ -149,18 +500,35 @@ def _line_problem(path: Path, line: bytes, header: dict | None, rounds: list[dic
         return None, f"a JSON {_JSON_KINDS.get(type(record), 'value')}, not an object"
     if header is None:
         if record.get("type") != "header":
-            return record, "not a run header"
-        if record.get("schema") != RECORD_SCHEMA:
-            raise RecordError(f"{path}: record schema {record.get('schema')!r}, this embedcache reads {RECORD_SCHEMA}")
-        return record, _missing(record, _HEADER_FIELDS)
+            return None, "not a run header"
+        version = _schema_version(record)
+        readable = " and ".join(map(str, READABLE_SCHEMAS))
+        if version is None:
+            raise RecordError(f"{path}: the header has no schema_version, so it is not a run record embedcache "
+                              f"wrote (this embedcache reads schema versions {readable})")
+        if version not in READABLE_SCHEMAS:
+            raise RecordError(f"{path}: record schema version {version}, but this embedcache reads versions "
+                              f"{readable}; a newer embedcache wrote it: upgrade to read it")
+        problem = _missing(record, _HEADER_FIELDS)
+        return _typed(RunHeader.from_dict, record, problem)
     if record.get("type") != "round":
-        return record, f"unknown record type {record.get('type')!r}"
+        return None, f"unknown record type {record.get('type')!r}"
     problem = _missing(record, _ROUND_FIELDS)
     if not problem and record["round"] != len(rounds):
         problem = f"round {record['round']} follows round {len(rounds) - 1}"
-    if not problem and record["round"] >= header["n_rounds"]:
-        problem = f"round {record['round']} is beyond the {header['n_rounds']} rounds planned"
-    return record, problem
+    if not problem and record["round"] >= header.n_rounds:
+        problem = f"round {record['round']} is beyond the {header.n_rounds} rounds planned"
+    return _typed(RoundRecord.from_dict, record, problem)
+
+
+def _typed(parse, record: dict, problem: str):
+    """(parse(record), "") when the line has no problem yet and parses; else (None, the problem)."""
+    if problem:
+        return None, problem
+    try:
+        return parse(record), ""
+    except _Malformed as e:
+        return None, str(e)
 
 
 def _scan(path: Path) -> _Scan:
@@ -190,7 +558,7 @@ def rounds_text(n: int) -> str:
     return "no rounds" if n == 0 else "round 0" if n == 1 else f"rounds 0-{n - 1}"
 
 
-def _parse(path: Path) -> tuple[dict | None, list[dict], int]:
+def _parse(path: Path) -> tuple[RunHeader | None, list[RoundRecord], int]:
     """Header (None when not even the header line was finished), complete rounds, and the byte
     length of the whole lines; a bad line is an error that says how to recover."""
     scan = _scan(path)
@@ -244,10 +612,9 @@ def read_runs(paths: Iterable[str | Path]) -> list[Run]:
     return [read_run(f) for f in files]
 
 
-def check_identity(path: Path, existing: dict, header: dict) -> None:
+def check_identity(path: Path, existing: RunHeader, header: RunHeader) -> None:
     """Refuse to continue a record made with another configuration, naming the fields that differ."""
-    header = {"schema": RECORD_SCHEMA, **header}
-    diff = [f for f in IDENTITY_FIELDS if canonical_json(existing.get(f)) != canonical_json(header.get(f))]
+    diff = existing.differences(header)
     if diff:
         raise RecordError(f"{path} belongs to another run configuration (differs in: {', '.join(diff)}); write to "
                           "another --out folder or remove it")
@@ -326,10 +693,9 @@ class RunWriter:
     header is written when the writer opens a record that has none.
     """
 
-    def __init__(self, path: str | Path, header: dict):
+    def __init__(self, path: str | Path, header: RunHeader):
         self.path = Path(path)
-        header = {"type": "header", "schema": RECORD_SCHEMA, **header}
-        self.rounds: list[dict] = []
+        self.rounds: list[RoundRecord] = []
         self._lock = RecordLock(self.path).acquire()
         try:
             existing, self.rounds, end = _parse(self.path) if self.path.exists() else (None, [], 0)
@@ -340,7 +706,7 @@ class RunWriter:
                 with open(self.path, "r+b") as f:
                     f.truncate(end)
             if existing is None:
-                self._append(header)
+                self._append(header.to_dict())
         except OSError as e:
             self.close()
             raise unwritable(self.path.parent, e) from None
@@ -350,13 +716,12 @@ class RunWriter:
 
     @property
     def complete(self) -> bool:
-        return len(self.rounds) >= int(self.header["n_rounds"])
+        return len(self.rounds) >= self.header.n_rounds
 
-    def write_round(self, record: dict) -> None:
-        record = {"type": "round", **record}
-        if record["round"] != len(self.rounds):
-            raise ConfigError(f"{self.path}: writing round {record['round']} after {len(self.rounds)} rounds")
-        self._append(record)
+    def write_round(self, record: RoundRecord) -> None:
+        if record.round != len(self.rounds):
+            raise ConfigError(f"{self.path}: writing round {record.round} after {len(self.rounds)} rounds")
+        self._append(record.to_dict())
         self.rounds.append(record)
 
     def _append(self, record: dict) -> None:

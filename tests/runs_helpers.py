@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import subprocess
 import sys
@@ -32,9 +33,8 @@ def stable(folder: Path) -> dict[str, dict]:
     """Every record of a folder without its timings (`created`, `seconds`), for equality."""
     result = {}
     for run in read_runs([folder]):
-        header = {k: v for k, v in run.header.items() if k != "created"}
-        result[run.path.name] = {"header": header,
-                                 "rounds": [{k: v for k, v in r.items() if k != "seconds"} for r in run.rounds]}
+        result[run.path.name] = {"header": dataclasses.replace(run.header, created=None),
+                                 "rounds": [dataclasses.replace(r, seconds=0.0) for r in run.rounds]}
     return result
 
 

@@ -3,6 +3,7 @@ accumulation, records, resume, DDP (gloo, 2 processes under torchrun) and the hy
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -54,8 +55,8 @@ def _learner(manifest, options=OPTIONS, num_classes=2, **recipe) -> FinetuneLear
 
 
 def _stable(run) -> dict:
-    header = {k: v for k, v in run.header.items() if k not in ("created", "versions")}
-    return {"header": header, "rounds": [{k: v for k, v in r.items() if k != "seconds"} for r in run.rounds]}
+    return {"header": dataclasses.replace(run.header, created=None, versions={}),
+            "rounds": [dataclasses.replace(r, seconds=0.0) for r in run.rounds]}
 
 
 def test_bit_learning_rate_schedule_is_the_papers():
@@ -192,14 +193,14 @@ def test_two_round_image_run_from_the_cli_writes_readable_records(images, tmp_pa
     assert len(runs) == 2 and all(run.complete for run in runs)
     run = runs[0]
     learner = _learner(images, schedule="1,2,3,4,5")
-    assert run.header["mode"] == "finetune" and run.header["learner"] == json.loads(json.dumps(learner.describe()))
-    assert run.header["fingerprint"] == learner.starting_point().fingerprint
-    assert run.header["backbone"] == f"{GN} (random init)"
+    assert run.header.mode == "finetune" and run.header.learner == json.loads(json.dumps(learner.describe()))
+    assert run.header.fingerprint == learner.starting_point().fingerprint
+    assert run.header.backbone == f"{GN} (random init)"
     for r in run.rounds:
-        assert r["training"]["steps"] == 5 and r["training"]["stopped_by"] == "schedule"
-        assert r["training"]["loss_initial"] == pytest.approx(np.log(2))
-        assert set(r["metrics"]["val"]) >= {"accuracy", "groups"}
-    assert len(run.rounds[0]["acquired"]["ids"]) == 2 and run.curve("val")[0].tolist() == [4, 6]
+        assert r.training.steps == 5 and r.training.stopped_by == "schedule"
+        assert r.training.loss_initial == pytest.approx(np.log(2))
+        assert "place" in r.metrics["val"].groups
+    assert len(run.rounds[0].acquired) == 2 and run.curve("val")[0].tolist() == [4, 6]
 
 
 def test_two_round_text_run_writes_readable_records(tiny_bert, tmp_path):
@@ -208,11 +209,11 @@ def test_two_round_text_run_writes_readable_records(tiny_bert, tmp_path):
                                     options=OPTIONS)
     run, = run_grid(experiment, PROTOCOL.replace(groups=("topic",)), ["entropy"], [0], tmp_path / "runs")
     assert read_run(run.path).complete and len(run.rounds) == 2
-    assert run.header["learner"]["recipe"]["name"] == "text" and run.header["learner"]["recipe"]["max_steps"] == 3
+    assert run.header.learner["recipe"]["name"] == "text" and run.header.learner["recipe"]["max_steps"] == 3
     for r in run.rounds:
-        assert r["training"]["steps"] == 3 and r["training"]["stopped_by"] == "max_steps"
-        assert r["training"]["loss_final"] != r["training"]["loss_initial"]
-    assert run.rounds[0]["acquired"]["ids"] and "topic" in run.rounds[0]["metrics"]["val"]["groups"]
+        assert r.training.steps == 3 and r.training.stopped_by == "max_steps"
+        assert r.training.loss_final != r.training.loss_initial
+    assert run.rounds[0].acquired.ids and "topic" in run.rounds[0].metrics["val"].groups
 
 
 def test_a_run_killed_mid_round_resumes_to_the_same_record(images, tmp_path):
@@ -236,7 +237,7 @@ def test_a_run_killed_mid_round_resumes_to_the_same_record(images, tmp_path):
     assert len(read_run(record_path(tmp_path / "killed", "margin", 3)).rounds) == 1
     resumed, = run_grid(experiment(), protocol, ["margin"], [3], tmp_path / "killed")
     assert _stable(resumed) == _stable(whole)
-    assert [r["acquired"]["ids"] for r in resumed.rounds] == [r["acquired"]["ids"] for r in whole.rounds]
+    assert [r.acquired.ids for r in resumed.rounds] == [r.acquired.ids for r in whole.rounds]
 
 
 @pytest.mark.slow
@@ -256,14 +257,14 @@ def test_ddp_on_cpu_with_torchrun_matches_one_process(images, tmp_path):
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("runs complete") == 1  # only rank 0 reports
     a, b = (read_run(record_path(tmp_path / d, "least-confidence", 0)) for d in ("one", "two"))
-    assert a.header["learner"] == b.header["learner"] and a.header["fingerprint"] == b.header["fingerprint"]
+    assert a.header.learner == b.header.learner and a.header.fingerprint == b.header.fingerprint
     assert len(a.rounds) == len(b.rounds) == 3
     for x, y in zip(a.rounds, b.rounds):
-        assert x["acquired"]["ids"] == y["acquired"]["ids"] and x["metrics"] == y["metrics"]
-        np.testing.assert_allclose(x["acquired"]["scores"], y["acquired"]["scores"], atol=1e-5)
+        assert x.acquired.ids == y.acquired.ids and x.metrics == y.metrics
+        np.testing.assert_allclose(x.acquired.scores, y.acquired.scores, atol=1e-5)
         for key in ("loss_initial", "loss_final"):
-            assert x["training"][key] == pytest.approx(y["training"][key], abs=1e-5)
-        assert x["training"]["steps"] == y["training"]["steps"]
+            assert getattr(x.training, key) == pytest.approx(getattr(y.training, key), abs=1e-5)
+        assert x.training.steps == y.training.steps
 
 
 @pytest.fixture
@@ -289,14 +290,14 @@ def test_hybrids_rank_with_one_mode_and_evaluate_with_the_other(images, image_ca
     linear_round = linear.rounds[0]
     score_linear = run("score-linear", score_with="linear")
     score_finetune = run("score-finetune", evaluate_with="linear")
-    assert score_linear["metrics"] == finetune["metrics"]
-    assert score_linear["acquired"]["ids"] == linear_round["acquired"]["ids"]
-    assert score_finetune["metrics"] == linear_round["metrics"]
-    assert score_finetune["acquired"]["ids"] == finetune["acquired"]["ids"]
-    assert score_linear["training"]["steps"] == 5 and score_linear["training"]["scorer"]["stopped_by"] == "converged"
+    assert score_linear.metrics == finetune.metrics
+    assert score_linear.acquired.ids == linear_round.acquired.ids
+    assert score_finetune.metrics == linear_round.metrics
+    assert score_finetune.acquired.ids == finetune.acquired.ids
+    assert score_linear.training.steps == 5 and score_linear.training.scorer.stopped_by == "converged"
     header = read_run(record_path(tmp_path / "score-linear", "least-confidence", 0)).header
-    assert header["mode"] == "hybrid" and header["learner"]["score_with"]["learner"] == "linear"
-    assert header["learner"]["linear_features"] == EmbeddingCache(image_cache).fingerprint
+    assert header.mode == "hybrid" and header.learner["score_with"]["learner"] == "linear"
+    assert header.learner["linear_features"] == EmbeddingCache(image_cache).fingerprint
 
 
 def test_hybrid_refuses_a_cache_of_other_examples(images, tmp_path):

@@ -119,7 +119,7 @@ def test_npy_npz_and_parquet_imports_run_al_and_report_identically(data, tmp_pat
         summary = json.loads((tmp_path / f"report-{name}" / "summary.json").read_text())
         assert {c["strategy"] for c in summary["curves"]} == {"least-confidence", "random"}
         assert all(c["backbone"].startswith(MODEL) for c in summary["curves"])
-        records.append([[r["metrics"] for r in run.rounds] for run in read_runs([runs])])
+        records.append([[r.metrics for r in run.rounds] for run in read_runs([runs])])
     # the same vectors and examples, whichever file they came from: one fingerprint, the same runs
     assert len(fingerprints) == 1 and len(manifests) == 1
     assert records[0] == records[1] == records[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,10 +20,10 @@ from embedcache.learners.linear import LinearConfig, LinearLearner
 from embedcache.loop import run_al, seed_set
 from embedcache.metadata import Metadata
 from embedcache.protocols import Protocol, get_protocol
-from embedcache.records import RecordError, read_run, read_runs, record_path
+from embedcache.records import RecordError, Source, read_run, read_runs, record_path
 
 SMALL = get_protocol("waterbirds").replace(seed_size=20, per_round=5, budget=60)
-SOURCE = {"fingerprint": "synthetic", "backbone": "synthetic (test)"}
+SOURCE = Source("synthetic", backbone="synthetic (test)")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,8 @@ def _run(ambiguous, out, strategy="least-confidence", seed=0, protocol=SMALL, on
 
 def _stable(run) -> dict:
     """A record without wall-clock facts, for equality."""
-    header = {k: v for k, v in run.header.items() if k not in ("created", "versions")}
-    return {"header": header, "rounds": [{k: v for k, v in r.items() if k != "seconds"} for r in run.rounds]}
+    return {"header": dataclasses.replace(run.header, created=None, versions={}),
+            "rounds": [dataclasses.replace(r, seconds=0.0) for r in run.rounds]}
 
 
 @pytest.mark.parametrize("strategy", ["least-confidence", "random"])
@@ -54,17 +55,17 @@ def test_same_seed_same_records(ambiguous, tmp_path, strategy):
     b = _run(ambiguous, tmp_path / "b", strategy)
     assert a.complete and len(a.rounds) == SMALL.n_rounds == 13
     assert _stable(a) == _stable(b)
-    assert a.rounds[-1]["n_labeled"] == 80 and a.rounds[-1]["acquired"]["ids"] == []
+    assert a.rounds[-1].n_labeled == 80 and a.rounds[-1].acquired.ids == []
     assert len(set(a.labeled_ids())) == 80
     c = _run(ambiguous, tmp_path / "c", strategy, seed=1)
-    assert c.header["seed_ids"] != a.header["seed_ids"]
+    assert c.header.seed_ids != a.header.seed_ids
 
 
 def test_a_killed_run_resumes_to_the_same_record(ambiguous, tmp_path):
     whole = _run(ambiguous, tmp_path / "whole")
 
     def die_at_round_5(record, n_rounds):
-        if record["round"] == 5:
+        if record.round == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -83,11 +84,10 @@ def test_random_acquires_groups_at_their_pool_rates(ambiguous, tmp_path):
     counts = dict.fromkeys(["landbird*land", "landbird*water", "waterbird*land", "waterbird*water"], 0)
     for seed in range(6):
         run = _run(ambiguous, tmp_path, "random", seed, protocol=SMALL.replace(budget=100))
-        groups = run.header["pool_counts"]["label*place"]
+        groups = run.header.pool_counts["label*place"]
         for r in run.rounds:
-            a = r["acquired"]["groups"]
-            for label, place in zip(a["label"], a["place"]):
-                counts[f"{label}*{place}"] += 1
+            for value in r.acquired.values("label*place"):
+                counts[value] += 1
     observed = np.array([counts[k] for k in groups])
     expected = np.array([groups[k] for k in groups], dtype=float)
     expected = expected / expected.sum() * observed.sum()
@@ -101,12 +101,12 @@ def test_least_confidence_upsamples_the_mismatched_group_and_beats_random(ambigu
         finals, shares = [], []
         for seed in range(4):
             run = _run(ambiguous, tmp_path / strategy, strategy, seed, protocol=protocol)
-            finals.append(run.rounds[-1]["metrics"]["val"]["worst_group"]["accuracy"])
-            labels = [lab for r in run.rounds for lab in r["acquired"]["groups"]["label"]]
-            places = [p for r in run.rounds for p in r["acquired"]["groups"]["place"]]
+            finals.append(run.rounds[-1].metrics["val"].worst_group.accuracy)
+            labels = [lab for r in run.rounds for lab in r.acquired.groups["label"]]
+            places = [p for r in run.rounds for p in r.acquired.groups["place"]]
             shares.append(np.mean([(lab == "waterbird") != (p == "water") for lab, p in zip(labels, places)]))
         worst[strategy], mismatched[strategy] = np.mean(finals), np.mean(shares)
-    pool = run.header["pool_counts"]["label*place"]
+    pool = run.header.pool_counts["label*place"]
     prevalence = (pool["landbird*water"] + pool["waterbird*land"]) / sum(pool.values())
     assert prevalence < 0.08
     assert mismatched["least-confidence"] > 4 * prevalence, mismatched
@@ -187,7 +187,7 @@ def test_cli_runs_grid_in_parallel_identically_and_skips_finished(cache, tmp_pat
     two = runner.invoke(main, [*args, "--out", str(tmp_path / "two"), "--jobs", "2", "--quiet"])
     assert two.exit_code == 0, two.output
     for a, b in zip(read_runs([tmp_path / "one"]), read_runs([tmp_path / "two"])):
-        assert _stable(a)["rounds"] == _stable(b)["rounds"] and a.header["seed_ids"] == b.header["seed_ids"]
+        assert _stable(a)["rounds"] == _stable(b)["rounds"] and a.header.seed_ids == b.header.seed_ids
     again = runner.invoke(main, [*args, "--out", str(tmp_path / "one")])
     assert again.exit_code == 0 and "round" not in again.output  # nothing rerun
     header = json.loads((tmp_path / "one" / "entropy-seed0.jsonl").read_text().splitlines()[0])

@@ -25,7 +25,7 @@ from embedcache.cli import main
 from embedcache.errors import ConfigError
 from embedcache.kernels.pool import as_pool
 from embedcache.metadata import Metadata
-from embedcache.records import RunWriter, read_runs
+from embedcache.records import Acquisition, RoundRecord, RunHeader, RunWriter, Source, read_runs
 from helpers import make_metadata, recipe
 
 faiss = pytest.importorskip("faiss")
@@ -147,11 +147,11 @@ def boundary_cache(tmp_path):
 
 
 def write_run(path, fingerprint, strategy, seed, seed_ids, rounds):
-    writer = RunWriter(path, {"mode": "linear", "strategy": strategy, "seed": seed, "protocol": {}, "learner": {},
-                              "fingerprint": fingerprint, "n_rounds": len(rounds), "seed_ids": seed_ids})
-    for number, ids in enumerate(rounds):
-        writer.write_round({"round": number, "n_labeled": 0, "metrics": {},
-                            "acquired": {"ids": ids, "scores": [1.0] * len(ids)}})
+    header = RunHeader(mode="linear", strategy=strategy, seed=seed, source=Source(fingerprint), n_rounds=len(rounds),
+                       seed_ids=seed_ids)
+    with RunWriter(path, header) as writer:
+        for number, ids in enumerate(rounds):
+            writer.write_round(RoundRecord(number, 0, acquired=Acquisition(ids, [1.0] * len(ids))))
 
 
 def test_acquired_points_near_the_boundary_are_reported_so(tmp_path):

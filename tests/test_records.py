@@ -141,6 +141,12 @@ def test_a_broken_header_is_moved_aside_and_its_run_starts_over(grid, tmp_path):
     ('{"type": "round", "round": "1", "n_labeled": 15, "metrics": {}, "acquired": {}}',
      "missing or mistyped field(s) round"),
     ('{"type": "note"}', "unknown record type 'note'"),
+    ('{"type": "round", "round": 0, "n_labeled": 15, "metrics": {}, "acquired": {"ids": [7], "scores": [0.5]}}',
+     "field acquired.ids is not an array of strings"),
+    ('{"type": "round", "round": 0, "n_labeled": 15, "metrics": {"val": {"n": 3}}, "acquired": {"ids": [], '
+     '"scores": []}}', "no field metrics.val.accuracy"),
+    ('{"type": "round", "round": 0, "n_labeled": 15, "metrics": {}, "training": {"steps": "7"}, "acquired": {"ids": '
+     '[], "scores": []}}', "field training.steps is a JSON string, not number or null"),
 ])
 def test_a_line_that_is_not_a_round_is_a_record_error(grid, tmp_path, line, problem):
     _, reference = grid

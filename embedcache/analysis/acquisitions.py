@@ -29,19 +29,14 @@ from embedcache.metrics import COMBINE
 from embedcache.records import RecordError, Run
 
 
-def recorded_columns(run: Run) -> list[str]:
-    """Columns whose value the record keeps for every acquisition (the label and each group)."""
-    return list(run.header.get("seed_groups") or {})
-
-
 def acquisition_specs(runs: Sequence[Run]) -> list[str]:
     """Specs every run can be analysed on: each recorded column, each spec with pool counts over
     recorded columns, and label*column for each group column."""
     per_run = []
     for run in runs:
-        columns = recorded_columns(run)
+        columns = run.header.columns
         specs = dict.fromkeys(columns)
-        specs.update(dict.fromkeys(s for s in run.header.get("pool_counts", {})
+        specs.update(dict.fromkeys(s for s in run.header.pool_counts
                                    if all(c in columns for c in s.split(COMBINE))))
         specs.update(dict.fromkeys(f"{LABEL}{COMBINE}{c}" for c in columns if c != LABEL and LABEL in columns))
         per_run.append(specs)
@@ -51,16 +46,11 @@ def acquisition_specs(runs: Sequence[Run]) -> list[str]:
 def check_spec(runs: Sequence[Run], spec: str) -> None:
     """ConfigError naming the recorded columns unless every run records every column of `spec`."""
     for run in runs:
-        columns = recorded_columns(run)
+        columns = run.header.columns
         missing = [c for c in spec.split(COMBINE) if c not in columns]
         if missing:
             raise ConfigError(f"unknown group {missing[0]!r} in {spec!r}: {run.path} records the columns "
                               f"{columns} (combine them with '*', e.g. {LABEL}{COMBINE}{columns[-1]})")
-
-
-def _values(groups: dict[str, list[str]], spec: str) -> list[str]:
-    columns = [groups[c] for c in spec.split(COMBINE)]
-    return [COMBINE.join(v) for v in zip(*columns)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -79,14 +69,14 @@ def _cache_pool_counts(path: str, fingerprint: str, pool_split: str, spec: str) 
 
 def pool_counts(run: Run, spec: str) -> dict[str, int]:
     """value → count of `spec` over the run's pool split: from the record, else from its cache."""
-    recorded = run.header.get("pool_counts", {}).get(spec)
+    recorded = run.header.pool_counts.get(spec)
     if recorded is not None:
         return recorded
-    cache = run.header.get("source", {}).get("cache")
+    cache = run.header.source.cache
     if not cache or not Path(cache).is_file():
         raise ConfigError(f"{run.path} records no pool counts for {spec!r} and its cache ({cache}) is not there to "
-                          f"count them; it has: {sorted(run.header.get('pool_counts', {}))}")
-    return _cache_pool_counts(cache, run.fingerprint, run.header["protocol"]["pool_split"], spec)
+                          f"count them; it has: {sorted(run.header.pool_counts)}")
+    return _cache_pool_counts(cache, run.fingerprint, run.header.pool_split, spec)
 
 
 @dataclasses.dataclass
@@ -109,14 +99,14 @@ def _acquisitions(runs: Sequence[Run], spec: str) -> list[_Acquisitions]:
         column = {v: i for i, v in enumerate(counts)}
         labels, rows = [], []
         for r in run.rounds:
-            if not r["acquired"]["ids"]:
+            if not len(r.acquired):
                 continue
-            batch = _values(r["acquired"]["groups"], spec)
+            batch = r.acquired.values(spec)
             unknown = [v for v in batch if v not in column]
             if unknown:
-                raise RecordError(f"{run.path}, round {r['round']}: acquired {spec}={unknown[0]!r}, which its pool "
+                raise RecordError(f"{run.path}, round {r.round}: acquired {spec}={unknown[0]!r}, which its pool "
                                   "counts do not have")
-            labels.append(int(r["n_labeled"]) + len(batch))
+            labels.append(r.n_labeled + len(batch))
             rows.append(np.bincount([column[v] for v in batch], minlength=len(column)))
         if rows:
             total = np.array(list(counts.values()), dtype=np.float64)

@@ -4,9 +4,8 @@ Runs are grouped into curves by (backbone label, strategy); each curve is the me
 seeds, at every number of labels some of them evaluated, with a 95 % band (see `stats`).
 
 One curve must be one set of features. The rule: all runs of a (backbone, strategy) key share
-the features identity: the `fingerprint` in the header and, where recorded, the dataset (its
-manifest hash, else its description). Runs of different backbones in one report are separate
-curves and normal; the same key with two identities (two caches whose recipes print the same
+the features identity: the `fingerprint` and the `data` (which examples) in the header. Runs of
+different backbones in one report are separate curves and normal; the same key with two identities (two caches whose recipes print the same
 label, or one backbone over two datasets) is refused unless `allow_mixed`, which pools them.
 The same (key, identity, seed) twice is always refused: the run would be counted twice.
 
@@ -24,7 +23,6 @@ import numpy as np
 
 from embedcache.analysis.stats import Difference, Estimate, difference, estimate, labels_to_reach
 from embedcache.errors import ConfigError
-from embedcache.recipe import canonical_json
 from embedcache.records import RecordError, Run
 
 #: Metrics listed first, in this order, when present; the dataset's own follow, then group values.
@@ -44,11 +42,8 @@ class CurveKey:
 
 
 def features_identity(run: Run) -> tuple[str, str]:
-    """(fingerprint, dataset): the dataset's manifest hash where recorded, else its description.
-    Equal for runs on the same features."""
-    dataset = run.header.get("source", {}).get("dataset") or {}
-    data = dataset.get("manifest_sha256") if isinstance(dataset, dict) else None
-    return run.fingerprint, data or canonical_json(dataset)
+    """(fingerprint, data): equal for runs on the same features of the same examples."""
+    return run.fingerprint, run.header.data
 
 
 def group_runs(runs: Sequence[Run], allow_mixed: bool = False) -> dict[CurveKey, list[Run]]:
@@ -73,30 +68,18 @@ def group_runs(runs: Sequence[Run], allow_mixed: bool = False) -> dict[CurveKey,
     return dict(sorted(groups.items()))
 
 
-def metric_path(metric: str) -> tuple[str, ...]:
-    """Where a metric lives in a round's metrics dict (see `Run.curve`)."""
-    if metric == "worst_group":
-        return ("worst_group", "accuracy")
-    spec, sep, value = metric.partition("=")
-    return ("groups", spec, value, "accuracy") if sep else (metric,)
-
-
 def curve_metrics(runs: Sequence[Run], split: str) -> list[str]:
     """Every metric some run evaluated on `split`: headline, the dataset's own (sorted), group values."""
     scalars, groups = set(), {}
     for run in runs:
         for r in run.rounds:
-            metrics = r.get("metrics", {}).get(split)
-            if not metrics:
-                continue
-            scalars.update(k for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n")
-            if "worst_group" in metrics:
-                scalars.add("worst_group")
-            for spec, values in metrics.get("groups", {}).items():
-                groups.setdefault(spec, {}).update(dict.fromkeys(values))
+            metrics = r.metrics.get(split)
+            if metrics is not None:
+                scalars.update(metrics.scalar_names())
+                groups.update(dict.fromkeys(metrics.group_names()))
     headline = [m for m in HEADLINE_METRICS if m in scalars]
     own = sorted(scalars - set(HEADLINE_METRICS))
-    return headline + own + [f"{spec}={value}" for spec, values in groups.items() for value in values]
+    return headline + own + list(groups)
 
 
 def evaluated_splits(runs: Sequence[Run]) -> list[str]:
@@ -104,14 +87,14 @@ def evaluated_splits(runs: Sequence[Run]) -> list[str]:
     splits: dict[str, None] = {}
     for run in runs:
         for r in run.rounds:
-            splits.update(dict.fromkeys(r.get("metrics", {})))
+            splits.update(dict.fromkeys(r.metrics))
     return list(splits)
 
 
 def check_split(runs: Sequence[Run], split: str) -> None:
     """ConfigError unless every run evaluated `split` in some round."""
     for run in runs:
-        if not any(split in r.get("metrics", {}) for r in run.rounds):
+        if not any(split in r.metrics for r in run.rounds):
             found = evaluated_splits([run]) or "nothing"
             raise ConfigError(f"--split {split!r}: {run.path} has no metrics for it (it evaluated {found})")
 
@@ -158,7 +141,7 @@ def learning_curve(key: CurveKey, runs: Sequence[Run], split: str, metric: str =
     number of labels evaluated."""
     points: dict[int, list[float]] = {}
     for run in runs:
-        for x, y in zip(*run.curve(split, metric_path(metric))):
+        for x, y in zip(*run.curve(split, metric)):
             points.setdefault(int(x), []).append(float(y))
     if not points:
         raise ConfigError(f"no run of {key.label!r} recorded {metric!r} on split {split!r}")
@@ -169,7 +152,7 @@ def values_at(runs: Sequence[Run], split: str, metric: str, n_labeled: int) -> l
     """(seed, value) of every run that evaluated `metric` with `n_labeled` labels."""
     found = []
     for run in runs:
-        xs, ys = run.curve(split, metric_path(metric))
+        xs, ys = run.curve(split, metric)
         hit = np.flatnonzero(xs == n_labeled)
         if len(hit):
             found.append((run.seed, float(ys[hit[-1]])))

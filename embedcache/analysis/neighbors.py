@@ -348,7 +348,7 @@ def acquisition_neighborhoods(pool: Pool, meta: Metadata, fingerprint: str, inde
             raise ConfigError(f"{run.path} was recorded on features {run.fingerprint[:12]}, but the cache holds "
                               f"{fingerprint[:12]}: pass the cache the runs were made with")
         missing = [i for _, i, _ in run.acquired() if i not in row_of][:5]
-        missing += [i for i in run.header["seed_ids"] if i not in row_of][:5 - len(missing)]
+        missing += [i for i in run.header.seed_ids if i not in row_of][:5 - len(missing)]
         if missing:
             raise ConfigError(f"{run.path}: ids not in the cache, e.g. {missing}")
         acquired = np.array([row_of[i] for _, i, _ in run.acquired()], dtype=np.int64)
@@ -356,7 +356,7 @@ def acquisition_neighborhoods(pool: Pool, meta: Metadata, fingerprint: str, inde
         rng = np.random.default_rng([seed, run.seed])
         stats: dict[str, dict[str, list]] = {"acquired": {}, "random": {}}
         for number, record in enumerate(run.rounds):
-            chosen = np.array([row_of[i] for i in record["acquired"]["ids"]], dtype=np.int64)
+            chosen = np.array([row_of[i] for i in record.acquired.ids], dtype=np.int64)
             if not len(chosen):
                 continue
             labeled = np.array([row_of[i] for i in run.labeled_ids(before_round=number)], dtype=np.int64)

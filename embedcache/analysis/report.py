@@ -155,7 +155,7 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     incomplete = [r for r in everything if not r.complete]
     if incomplete:
         notes.append(f"{len(incomplete)} run(s) are incomplete and count with the rounds they have, e.g. "
-                     f"{incomplete[0].path.name} ({len(incomplete[0].rounds)}/{incomplete[0].header['n_rounds']} "
+                     f"{incomplete[0].path.name} ({len(incomplete[0].rounds)}/{incomplete[0].header.n_rounds} "
                      "rounds)")
     return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes)
 

@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
 from embedcache.errors import ConfigError, DatasetError
 from embedcache.metadata import Metadata
-from embedcache.recipe import sha256_json
 from embedcache.registry import Registry
 
 #: File name endings read as images (lower case).
@@ -121,17 +120,13 @@ class DatasetAdapter(abc.ABC):
 
     def describe(self) -> dict:
         """What goes into a cache's `dataset` attribute: name, root, options, size and manifest hash."""
-        meta = self.metadata
-        manifest = [meta.ids.tolist(), self.inputs, meta.label.tolist(), meta.split.tolist(),
-                    list(meta.split_names), {k: v.tolist() for k, v in meta.groups.items()},
-                    {k: list(v) for k, v in meta.group_names.items()}]
         return {
             "name": self.name,
             "root": str(self.root.resolve()),
             "options": self.options(),
             "modality": self.modality,
-            "rows": len(meta),
-            "manifest_sha256": sha256_json(manifest),
+            "rows": len(self.metadata),
+            "manifest_sha256": self.metadata.fingerprint(self.inputs),
         }
 
     def options(self) -> dict:

@@ -214,6 +214,12 @@ class LinearLearner:
         self.training_ = facts
         return self
 
+    @property
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W [D, C'], b [C']) float32 over the fitted classes (`classes_`), on raw features: what
+        `embedcache.kernels.score_topk` takes. Needs a fit on at least two classes."""
+        return self._head
+
     # ------------------------------------------------------------------ predict: through embedcache.kernels
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """`[n, num_classes]` probabilities (float32); classes absent from the labelled set get 0."""
