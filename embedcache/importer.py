@@ -273,7 +273,6 @@ class ParquetVectors(VectorFile):
 
     def __init__(self, path: Path, vectors: str | None, ids: str | None, id_column: str):
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         self.path = path
         self.file = _parquet_file(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

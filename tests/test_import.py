@@ -98,7 +98,7 @@ def test_npy_npz_and_parquet_imports_run_al_and_report_identically(data, tmp_pat
     for name, (embeddings, metadata, extra) in inputs.items():
         out = tmp_path / f"{name}.h5"
         result = run_import(embeddings, metadata, out, *extra)
-        assert f"600 rows x 16 (float32)" in result.output
+        assert "600 rows x 16 (float32)" in result.output
         with EmbeddingCache(out) as cache:
             cache.validate()
             meta = cache.metadata()
