@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.command import Command, note
+from embedcache.cli.conventions import JOBS, OUT, OVERWRITE, SEEDS
+
 
 def _format(rows, probes, out: Path) -> str:
     lines = ["", "Least-confidence vs random on generated reviews (label: sentiment; spurious: product category,",
@@ -31,28 +34,39 @@ def _format(rows, probes, out: Path) -> str:
     return "\n".join(lines)
 
 
-@click.command()
-@click.option("--out", default=Path("demo"), show_default=True, type=click.Path(path_type=Path),
-              help="Folder for the dataset, caches, run records and report. Rerunning reuses finished work; "
-                   "a rerun with other sizes (--quick, --seeds) replaces it.")
-@click.option("--seeds", type=int, default=None, help="AL seeds per strategy and features (default 8; 3 with --quick).")
+def _seeds(ctx: click.Context, param: click.Parameter, seeds):
+    """A bare number N was the count of seeds before --seeds listed them (as in al): still read so, with a note."""
+    if seeds is not None and seeds.text.strip().isdigit():
+        count = int(seeds.text)
+        note(f"demo --seeds {count}: a count of seeds is deprecated; --seeds lists run seeds as in al, so write "
+             f"--seeds 0-{max(count - 1, 0)}")
+        return tuple(range(count))
+    return seeds
+
+
+@click.command(cls=Command)
+@OUT("A folder for the dataset, caches, run records and report.", default=Path("demo"), show_default=True)
+@SEEDS("Default 0-7; 0-2 with --quick.", callback=_seeds)
 @click.option("--quick", is_flag=True, help="A smaller dataset, budget and fewer seeds: about a minute on 2 cores.")
-@click.option("--jobs", type=int, default=None, help="AL runs in parallel processes (default: CPUs, at most 4).")
-def demo(out, seeds, quick, jobs):
+@JOBS("default: CPUs, at most 4.")
+@OVERWRITE()
+def demo(out, seeds, quick, jobs, overwrite):
     """Show the paper's effect end to end, offline, with real pretrained features.
 
     Generates a task-ambiguity review dataset, extracts all-MiniLM-L6-v2 embeddings (pretrained, and
     the same architecture at random init), runs least-confidence and random sampling on both, and
-    writes the report. Whatever the runs show is what it prints.
+    writes the report. Whatever the runs show is what it prints. A rerun with the same sizes reuses
+    the finished caches and runs in --out.
     """
     from embedcache.cli.options import Bars
     from embedcache.demo import DemoConfig, default_jobs, run_demo
 
-    config = DemoConfig.quick(seeds) if quick else DemoConfig(seeds=seeds or 8)
+    config = DemoConfig.quick(seeds) if quick else DemoConfig(**({"seeds": tuple(seeds)} if seeds else {}))
     stages = Bars()
     try:
         rows, probes = run_demo(out, config, jobs or default_jobs(),
-                                progress=lambda name, done, total: stages.update(f"{name:<22}", done, total))
+                                progress=lambda name, done, total: stages.update(f"{name:<22}", done, total),
+                                overwrite=overwrite)
     finally:
         stages.close()
     click.echo(_format(rows, probes, out))
