@@ -214,7 +214,7 @@ def run_demo(out: Path, config: DemoConfig, jobs: int = 1, progress: StageProgre
         out.mkdir(parents=True)
         return _stages(out, config, jobs, progress)
     marker = read_marker(out) or {}
-    if marker.get("command") == "demo" and not overwrite:
+    if marker.get("command") == "demo" and marker.get("config") != config.to_dict() and not overwrite:
         raise ConfigError(f"{out} holds a demo of other sizes ({_sizes(marker.get('config'))}); pass `overwrite` to "
                           "replace it, or choose another folder", param="out")
     with OutputFolder(out, "demo", overwrite).writing() as staging:

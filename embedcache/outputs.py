@@ -66,8 +66,9 @@ class OutputFolder:
             return
         owner = read_marker(path)
         if owner is None:
-            raise ConfigError(f"{path} holds files this command did not write (e.g. {min(p.name for p in path.iterdir())}"
-                              "); choose a new or empty folder", param="out")
+            example = min(p.name for p in path.iterdir())
+            raise ConfigError(f"{path} holds files this command did not write (e.g. {example}); choose a new or empty "
+                              "folder", param="out")
         if owner["command"] != self.command:
             raise ConfigError(f"{path} holds the output of `{owner['command']}`; choose another folder", param="out")
         else:
@@ -85,7 +86,8 @@ class OutputFolder:
         gets the marker and replaces `path` (an earlier output is moved aside, then deleted). On an
         error it is deleted and `path` stays as it was."""
         self.check()  # again: the folder may have changed while the output was computed
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.absolute().parent))
+        parent = self.path.absolute().parent
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=parent))
         try:
             yield staging
             if not (staging / MARKER).exists():  # a command may have marked it with more (the demo: its sizes)

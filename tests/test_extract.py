@@ -319,3 +319,16 @@ def test_merge_and_info_errors_write_nothing(tmp_path):
     assert "no such cache file" in _error(["info", tmp_path / "nope.h5"], tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("s*.h5")} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "s0.h5", "s1.h5"]
+
+
+def test_amp_means_the_same_as_in_al():
+    """auto is bf16 on CUDA and none on the CPU; "none" and None are no autocast; the recipe records the result."""
+    import torch
+
+    from embedcache.extract import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert [resolve_amp(a, cpu) for a in ("auto", "none", None, "bf16", "fp16")] == [None, None, None, "bf16", "fp16"]
+    with pytest.raises(ConfigError, match="'fp8': expected one of auto, bf16, fp16, none") as e:
+        resolve_amp("fp8", cpu)
+    assert e.value.param == "amp"

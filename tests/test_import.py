@@ -115,7 +115,8 @@ def test_npy_npz_and_parquet_imports_run_al_and_report_identically(data, tmp_pat
                  "--seed-size", "20", "--per-round", "5", "--budget", "20", "--eval-split", "val", "--group",
                  "label*place", "--out", runs, "--quiet")
         assert al.exit_code == 0 and "4 of 4 runs complete" in al.output, al.output
-        report = cli("report", "--runs", runs, "--out", tmp_path / f"report-{name}", "--group", "label*place", "--quiet")
+        report = cli("report", "--runs", runs, "--out", tmp_path / f"report-{name}", "--group", "label*place",
+                     "--quiet")
         assert report.exit_code == 0, report.output
         summary = json.loads((tmp_path / f"report-{name}" / "summary.json").read_text())
         assert {c["strategy"] for c in summary["curves"]} == {"least-confidence", "random"}

@@ -143,3 +143,23 @@ def test_report_and_neighbors_keep_out_of_each_others_folders(tmp_path):
     with pytest.raises(ConfigError, match="holds the output of `report`"):
         neighbors_folder(out, overwrite=True)
     assert json.loads((out / "summary.json").read_text()) == {}
+
+
+def test_a_demo_folder_of_other_sizes_is_replaced_only_with_overwrite(tmp_path):
+    from embedcache.demo import DEMO_NAMES, DemoConfig, _resumable, run_demo
+    from embedcache.outputs import write_marker
+
+    out = tmp_path / "demo"
+    (out / "runs").mkdir(parents=True)
+    write_marker(out, "demo", DEMO_NAMES, config=DemoConfig.quick().to_dict(), complete=True)
+    assert _resumable(out, DemoConfig.quick()) and not _resumable(out, DemoConfig())
+    with pytest.raises(ConfigError, match="holds a demo of other sizes .n_train 1000, seeds 3.; pass `overwrite`"):
+        run_demo(out, DemoConfig())
+    (out / "notes.txt").write_text("mine")
+    assert not _resumable(out, DemoConfig.quick())
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="holds files `demo` did not write"):
+            run_demo(out, DemoConfig.quick(), overwrite=overwrite)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "notes.txt", "runs"]
+    with pytest.raises(ConfigError, match="at least two seeds"):
+        DemoConfig(seeds=(3,))

@@ -118,8 +118,8 @@ def test_report_options(runs, tmp_path):
 
 def test_report_says_which_interval_it_used(runs, tmp_path):
     student = CliRunner().invoke(main, ["report", "--runs", str(runs[0]), "--out", str(tmp_path / "t"), "--quiet"])
-    paper = CliRunner().invoke(main, ["report", "--runs", str(runs[0]), "--out", str(tmp_path / "g"), "--ci", "gaussian",
-                                      "--quiet"])
+    paper = CliRunner().invoke(main, ["report", "--runs", str(runs[0]), "--out", str(tmp_path / "g"), "--ci",
+                                      "gaussian", "--quiet"])
     assert student.exit_code == 0 and paper.exit_code == 0, student.output + paper.output
     t, g = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("t", "g"))
     assert (t["interval"], g["interval"]) == ("t", "gaussian")

@@ -236,7 +236,7 @@ class WaterbirdsVariant(Waterbirds):
         path = self.folder / BUILD_RECORD
         if not path.is_file():
             raise DatasetError(f"{path}: not found; 'waterbirds-variant' reads a folder written by "
-                               "`embedcache datasets build-waterbirds` (read the release with the 'waterbirds' adapter)")
+                               "`embedcache datasets build-waterbirds` (the 'waterbirds' adapter reads the release)")
         try:
             self.build = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
