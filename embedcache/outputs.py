@@ -71,11 +71,10 @@ class OutputFolder:
                               "folder", param="out")
         if owner["command"] != self.command:
             raise ConfigError(f"{path} holds the output of `{owner['command']}`; choose another folder", param="out")
-        else:
-            foreign = sorted(p.name for p in path.iterdir() if p.name != MARKER and p.name not in owner["files"])
-            if foreign:
-                raise ConfigError(f"{path} holds files `{self.command}` did not write (e.g. {foreign[0]}); choose a "
-                                  "new or empty folder", param="out")
+        foreign = sorted(p.name for p in path.iterdir() if p.name != MARKER and p.name not in owner["files"])
+        if foreign:
+            raise ConfigError(f"{path} holds files `{self.command}` did not write (e.g. {foreign[0]}); choose a new "
+                              "or empty folder", param="out")
         if not self.overwrite:
             raise ConfigError(f"{path} holds an earlier `{self.command}` output; pass `overwrite` to replace it, or "
                               "choose another folder", param="out")
@@ -102,9 +101,8 @@ class OutputFolder:
 def _check_writable(path: Path) -> None:
     """Refuse, naming it, an output folder this process may not write in, or whose parent (where the new
     output is made before it takes the folder's place) it may not write in; the parents are made here."""
-    for where in (path.absolute().parent, path):
-        if where is path and not path.is_dir():
-            continue
+    parent = path.absolute().parent
+    for where in (parent, path) if path.is_dir() else (parent,):
         try:
             where.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=where):
