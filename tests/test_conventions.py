@@ -81,7 +81,7 @@ def _parse(command: str, args: list[str]) -> dict:
     """The params `embedcache <command> args` would run with (nothing is run)."""
     path = command.split()
     target = COMMANDS[command]
-    return target.make_context(" ".join(["embedcache", *path]), list(args)).params
+    return target.make_context(" ".join(["embedcache", *path]), list(args), **main.context_settings).params
 
 
 def test_old_spellings_still_work_with_a_note(tmp_path, capsys):
