@@ -1,6 +1,8 @@
 """The `embedcache` command: thin click wrappers over library calls.
 
-Library errors (`EmbedcacheError`) are printed as one line, `Error: ...`, with exit status 1.
+Every command is an `embedcache.cli.command.Command`: a library `ConfigError` is shown as a usage
+error naming the command's own flag (exit 2), any other `EmbedcacheError` as one line, `Error: ...`
+(exit 1). Options shared by several commands are defined once (`embedcache.cli.conventions`).
 Heavy libraries (torch, timm, transformers) are imported inside commands, so `--help` is fast.
 """
 
@@ -9,18 +11,10 @@ from __future__ import annotations
 import click
 
 import embedcache
-from embedcache.errors import EmbedcacheError
+from embedcache.cli.command import Group
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EmbedcacheError as e:
-            raise click.ClickException(str(e)) from None
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(embedcache.__version__, prog_name="embedcache")
 def main() -> None:
     """Active learning with pretrained models: extract embeddings once, run many cheap AL

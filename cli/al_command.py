@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from embedcache.cli.options import (Bars, backbone_options, dataset_options, finetune_options, parse_key_values,
-                                    progress_bar, step_bars)
+from embedcache.cli.command import Command, UsageLine, deprecated_arguments, require
+from embedcache.cli.conventions import (AMP, DEVICE, GROUP, JOBS, METRIC, OUT, PROTOCOL, QUIET, RUNS, SEEDS, STRATEGY,
+                                        WORKERS, C)
+from embedcache.cli.options import (BackboneArgs, Bars, DatasetArgs, backbone_options, dataset_options, grouped,
+                                    parse_key_values, progress_bar, step_bars)
+
+if TYPE_CHECKING:
+    from embedcache.learners.finetune import FinetuneOptions
+    from embedcache.learners.linear import LinearConfig
 
 if TYPE_CHECKING:
     from embedcache.records import RoundRecord
@@ -51,7 +59,93 @@ def round_line(record: RoundRecord, n_rounds: int, run_name: str) -> str:
     return "  ".join(parts)
 
 
-@click.command()
+def _protocol(protocol_name: str, seed_size, seed_balanced, per_round, budget, pool_size, pool_split, eval_splits,
+              eval_every, groups, worst_group, metrics, percentiles):
+    """The preset with the options given overriding its fields."""
+    from embedcache.protocols import get_protocol
+
+    return get_protocol(protocol_name).replace(
+        seed_size=seed_size, seed_balanced=seed_balanced, per_round=_per_round(per_round), budget=budget,
+        pool_size=pool_size, pool_split=pool_split, eval_splits=tuple(eval_splits) or None, eval_every=eval_every,
+        groups=tuple(groups) or None, worst_group=worst_group, metrics=tuple(metrics) or None,
+        percentiles=_percentiles(percentiles))
+
+
+protocol_options = grouped(
+    "protocol", _protocol,
+    PROTOCOL(name="protocol_name", default="custom", show_default=True),
+    click.option("--seed-size", type=int, help="Labelled examples before the first acquisition."),
+    click.option("--seed-balanced/--no-seed-balanced", default=None,
+                 help="Draw the seed set with equal counts per class (or uniformly)."),
+    click.option("--per-round", help="Examples acquired per round, or a schedule such as 5,5,10,20 (last repeats)."),
+    click.option("--budget", type=int, help="Examples acquired in total, after the seed set."),
+    click.option("--pool-size", type=int,
+                 help="Score a fresh random subsample of this many unlabelled examples each round (default: all)."),
+    click.option("--pool-split", help="Split the labelled and acquired examples come from (default train)."),
+    click.option("--eval-split", "eval_splits", multiple=True, help="Split to evaluate after each round. Repeatable."),
+    click.option("--eval-every", type=int, help="Evaluate every N rounds (and always the last)."),
+    GROUP("Accuracy is reported per value of each, e.g. --group place --group label*place.", name="groups"),
+    click.option("--worst-group", help="Group (or combination) whose worst value is reported, e.g. label*place."),
+    METRIC("Also computed every round: class_balanced_accuracy or macro_f1 (accuracy, group and percentile "
+           "metrics come from the options around it). Repeatable.", name="metrics", multiple=True),
+    click.option("--percentile", "percentiles", multiple=True, metavar="GROUP:Q",
+                 help="Q-th percentile of per-value accuracy of GROUP, e.g. user:10. Repeatable."),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Learners:
+    """How each learner trains: the linear head, finetuning, and finetuning's recipe overrides."""
+
+    linear: LinearConfig
+    finetune: FinetuneOptions
+    recipe: dict
+
+
+def _learners(C, standardize, solver, device, recipe_options, micro_batch, eval_batch_size, num_workers, train_seed,
+              amp) -> Learners:
+    from embedcache.errors import ConfigError
+    from embedcache.extract import resolve_device
+    from embedcache.learners.finetune import FinetuneOptions
+    from embedcache.learners.linear import LinearConfig
+
+    if amp == "fp16":
+        raise ConfigError("finetuning in float16 needs loss scaling, which the finetune learner does not do; use bf16 "
+                          "(or none)", param="amp")
+    linear_device = "cpu" if device is None else str(resolve_device(device))
+    return Learners(LinearConfig(C=C, standardize=standardize, solver=solver, device=linear_device),
+                    FinetuneOptions(device=device or "auto", amp=amp, micro_batch=micro_batch,
+                                    eval_batch_size=eval_batch_size, num_workers=num_workers, train_seed=train_seed),
+                    parse_key_values(recipe_options, "--recipe"))
+
+
+learner_options = grouped(
+    "learners", _learners,
+    C("Linear mode.", name="C", default=1.0, show_default=True),
+    click.option("--standardize/--no-standardize", default=True, show_default=True,
+                 help="Linear mode: scale features to zero mean, unit variance (statistics of the pool)."),
+    click.option("--solver", type=click.Choice(["auto", "newton", "lbfgs"]), default="auto", show_default=True,
+                 help="Linear mode solver: Newton in the representer space (few labels), L-BFGS (many classes)."),
+    DEVICE("Default: cpu for the linear head, auto for finetuning. Under torchrun use cuda: each process takes "
+           "cuda:LOCAL_RANK."),
+    click.option("--recipe", "recipe_options", multiple=True, metavar="KEY=VALUE",
+                 help="Finetune mode: override a field of the paper's recipe (BiT for images, RoBERTa's for text), "
+                      "e.g. --recipe base_lr=0.01 or --recipe schedule=10,20,30,40,50. Repeatable; an unknown key "
+                      "lists the fields."),
+    click.option("--micro-batch", default=8, show_default=True,
+                 help="Finetune mode: examples per forward/backward pass; the recipe's batch is accumulated from "
+                      "them."),
+    click.option("--eval-batch-size", default=64, show_default=True,
+                 help="Finetune mode: examples per forward pass when evaluating and scoring."),
+    WORKERS("Finetune mode.", name="num_workers"),
+    click.option("--train-seed", default=0, show_default=True,
+                 help="Finetune mode: seed of the shuffling, crops, flips and dropout (mixed with each round's "
+                      "labelled set, so resumed runs train identically)."),
+    AMP("Finetune mode.", default="auto", show_default=True),
+)
+
+
+@click.command(cls=Command)
 @click.option("--mode", type=click.Choice(["linear", "finetune"]), default="linear", show_default=True,
               help="linear: a logistic-regression head on cached embeddings (fast). finetune: the paper's protocol, "
                    "the whole backbone finetuned every round (needs --dataset, --root, --backbone).")
@@ -62,49 +156,16 @@ def round_line(record: RoundRecord, n_rounds: int, run_name: str) -> str:
 @click.option("--cache", type=click.Path(path_type=Path),
               help="Embedding cache (linear mode, and the linear side of --score-with); its ids must be the dataset's.")
 @dataset_options(required=False)
-@backbone_options(required=False, seed_flag="--init-seed")
-@click.option("--protocol", "protocol_name", default="custom", show_default=True,
-              help="Preset: waterbirds, treeperson, iwildcam, amazon, or custom (the flags below override any).")
-@click.option("--strategy", "strategies", multiple=True, required=True,
-              help="random, least-confidence, entropy or margin. Repeat to run several.")
-@click.option("--seeds", default="0", show_default=True, help="Run seeds: 0-15, 1,11, or 0-3,10.")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Folder for the run records (<strategy>-seed<seed>.jsonl); finished records are skipped.")
-@click.option("--seed-size", type=int, help="Labelled examples before the first acquisition.")
-@click.option("--seed-balanced/--no-seed-balanced", default=None,
-              help="Draw the seed set with equal counts per class (or uniformly).")
-@click.option("--per-round", help="Examples acquired per round, or a schedule such as 5,5,10,20 (last repeats).")
-@click.option("--budget", type=int, help="Examples acquired in total, after the seed set.")
-@click.option("--pool-size", type=int,
-              help="Score a fresh random subsample of this many unlabelled examples each round (default: all).")
-@click.option("--pool-split", help="Split the labelled and acquired examples come from (default train).")
-@click.option("--eval-split", "eval_splits", multiple=True, help="Split to evaluate after each round. Repeatable.")
-@click.option("--eval-every", type=int, help="Evaluate every N rounds (and always the last).")
-@click.option("--group", "groups", multiple=True,
-              help="Report accuracy per value of a group column, or of a combination such as label*place. "
-                   "Repeatable.")
-@click.option("--worst-group", help="Group (or combination) whose worst value is reported, e.g. label*place.")
-@click.option("--metric", "metrics", multiple=True, type=click.Choice(["class_balanced_accuracy", "macro_f1"]),
-              help="Extra metric. Repeatable.")
-@click.option("--percentile", "percentiles", multiple=True, metavar="GROUP:Q",
-              help="Q-th percentile of per-value accuracy of GROUP, e.g. user:10. Repeatable.")
-@click.option("--C", "C", type=float, default=1.0, show_default=True,
-              help="Linear mode: inverse L2 strength, as scikit-learn's LogisticRegression(C=...).")
-@click.option("--standardize/--no-standardize", default=True, show_default=True,
-              help="Linear mode: scale features to zero mean, unit variance (statistics of the pool).")
-@click.option("--solver", type=click.Choice(["auto", "newton", "lbfgs"]), default="auto", show_default=True,
-              help="Linear mode solver: Newton in the representer space (few labels), L-BFGS (many classes).")
-@click.option("--device", default=None,
-              help="Torch device: cpu, cuda or cuda:N (default: cpu for the linear head, auto for finetuning). Under "
-                   "torchrun use cuda: each process takes cuda:LOCAL_RANK.")
-@finetune_options
-@click.option("--jobs", default=1, show_default=True,
-              help="Runs in parallel processes (per-round lines are shown only with 1).")
-@click.option("--quiet", is_flag=True, help="No per-round lines or progress bars.")
-def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, weights, init_seed, max_length,
-       pooling, protocol_name, strategies, seeds, out, seed_size, seed_balanced, per_round, budget, pool_size,
-       pool_split, eval_splits, eval_every, groups, worst_group, metrics, percentiles, C, standardize, solver, device,
-       recipe_options, micro_batch, eval_batch_size, workers, train_seed, amp, jobs, quiet):
+@backbone_options(required=False)
+@STRATEGY("Repeat to run several.", name="strategies", multiple=True, required=True)
+@SEEDS(default="0", show_default=True)
+@OUT("A runs folder: one record per (strategy, seed), <strategy>-seed<seed>.jsonl; finished records are skipped, "
+     "interrupted ones resumed.", required=True)
+@protocol_options
+@learner_options
+@JOBS("per-round lines are shown only with 1.", default=1, show_default=True)
+@QUIET("No per-round lines either.")
+def al(mode, score_with, cache, data, model, strategies, seeds, out, protocol, learners, jobs, quiet):
     """Run active learning: for each strategy and seed, train, evaluate and acquire round by round.
 
     Writes one JSONL record per (strategy, seed) under --out. Examples: the paper's Waterbirds
@@ -120,37 +181,12 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
           --backbone timm:resnetv2_50x1_bit.goog_in21k --protocol waterbirds \\
           --strategy least-confidence --strategy random --seeds 1,11 --out runs/wb-ft/ --device cuda
     """
-    from embedcache.errors import ConfigError
-    from embedcache.experiments import FinetuneExperiment, LinearExperiment, parse_seeds, run_grid
+    from embedcache.experiments import run_grid
     from embedcache.learners.distributed import is_main_process
-    from embedcache.learners.finetune import FinetuneOptions
-    from embedcache.learners.linear import LinearConfig
-    from embedcache.protocols import get_protocol
 
-    score_with = score_with or mode
-    protocol = get_protocol(protocol_name).replace(
-        seed_size=seed_size, seed_balanced=seed_balanced, per_round=_per_round(per_round), budget=budget,
-        pool_size=pool_size, pool_split=pool_split, eval_splits=tuple(eval_splits) or None, eval_every=eval_every,
-        groups=tuple(groups) or None, worst_group=worst_group, metrics=tuple(metrics) or None,
-        percentiles=_percentiles(percentiles))
     quiet = quiet or not is_main_process()
-    linear = LinearConfig(C=C, standardize=standardize, solver=solver, device=device or "cpu")
-    if (mode, score_with) == ("linear", "linear"):
-        if cache is None:
-            raise ConfigError("--mode linear needs --cache")
-        experiment = LinearExperiment(cache, linear)
-    else:
-        if not (dataset_name and root and backbone):
-            raise ConfigError(f"--mode {mode} --score-with {score_with} finetunes: it needs --dataset, --root and "
-                              "--backbone")
-        options = FinetuneOptions(device=device or "auto", amp=amp, micro_batch=micro_batch,
-                                  eval_batch_size=eval_batch_size, num_workers=workers, train_seed=train_seed)
-        experiment = FinetuneExperiment(
-            dataset_name, root, backbone, parse_key_values(dataset_options, "--option"), weights, init_seed,
-            max_length, pooling, parse_key_values(recipe_options, "--recipe"), options, evaluate_with=mode,
-            score_with=score_with, cache=cache, linear=linear, progress=step_bars(not quiet and jobs == 1))
-    seed_list = parse_seeds(seeds)
-    total = len(strategies) * len(seed_list)
+    experiment = _experiment(mode, score_with or mode, cache, data, model, learners,
+                             progress=step_bars(not quiet and jobs == 1))
     round_bars = Bars(leave=False)
 
     def on_round(strategy, seed, record, n_rounds):
@@ -160,29 +196,51 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
         round_bars.update(name, record.round + 1, n_rounds, "round")
 
     with progress_bar("runs", "run", enabled=not quiet and jobs > 1) as runs_bar:
-        runs = run_grid(experiment, protocol, strategies, seed_list, out, jobs=jobs,
+        runs = run_grid(experiment, protocol, strategies, seeds, out, jobs=jobs,
                         on_round=None if quiet else on_round, on_run=lambda run, done, n: runs_bar(done, n))
     if is_main_process():
-        click.echo(f"{len(runs)} of {total} runs complete in {out}")
+        click.echo(f"{len(runs)} of {len(strategies) * len(seeds)} runs complete in {out}")
 
 
-@click.command()
-@click.argument("records", nargs=-1, required=True, type=click.Path(path_type=Path))
-def repair(records):
+def _experiment(mode: str, score_with: str, cache: Path | None, data: DatasetArgs | None, model: BackboneArgs | None,
+                learners: Learners, progress):
+    """The linear experiment on --cache, or a finetune experiment (with the linear head on --cache beside it
+    when one side is linear)."""
+    from embedcache.experiments import FinetuneExperiment, LinearExperiment
+
+    if (mode, score_with) == ("linear", "linear"):
+        if cache is None:
+            raise UsageLine("--mode linear needs --cache")
+        return LinearExperiment(cache, learners.linear)
+    if data is None or model is None:
+        raise UsageLine(f"--mode {mode} --score-with {score_with} finetunes: it needs --dataset, --root and "
+                               "--backbone")
+    return FinetuneExperiment(
+        data.name, data.root, model.spec, data.options, model.weights, model.init_seed, model.max_length,
+        model.pooling, learners.recipe, learners.finetune, evaluate_with=mode, score_with=score_with, cache=cache,
+        linear=learners.linear, progress=progress)
+
+
+@click.command(cls=Command)
+@RUNS("The records to repair.")
+@deprecated_arguments("records", target="runs", instead="write --runs (run inputs are --runs in every command)",
+                      metavar="RECORDS", type=click.Path(path_type=Path))
+def repair(runs):
     """Make run records with a broken line resumable again.
 
-    RECORDS are run-record files or folders of them. For each record with a line that is not what a
-    record holds (two writers at once, a disk error), keeps the header and the intact rounds before
-    that line and saves the whole original beside it as <record>.broken (nothing is lost); rerunning
-    the same `embedcache al` command then resumes the run there. A record whose header is broken is
+    For each record in --runs with a line that is not what a record holds (two writers at once, a
+    disk error), keeps the header and the intact rounds before that line and saves the whole
+    original beside it as <record>.broken (nothing is lost); rerunning the same `embedcache al`
+    command then resumes the run there. A record whose header is broken is
     moved there whole and its run starts again. Intact records are left alone:
 
-      embedcache repair runs/wb-bitm/
+      embedcache repair --runs runs/wb-bitm/
     """
     from embedcache.records import RecordError, repair_run, rounds_text
 
+    require(click.get_current_context(), "runs")
     files = []
-    for path in records:
+    for path in runs:
         found = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
         if not found:
             raise RecordError(f"{path}: no run records (*.jsonl) in this folder")

@@ -7,39 +7,51 @@ from pathlib import Path
 
 import click
 
-from embedcache.cli.options import backbone_options, dataset_options, parse_key_values, parse_shard, progress_bar
+from embedcache.cli.command import Command
+from embedcache.cli.conventions import AMP, DEVICE, DTYPE, OUT, OVERWRITE, QUIET, WORKERS, renamed
+from embedcache.cli.options import backbone_options, dataset_options, grouped, parse_shard, progress_bar
 
 
-@click.command()
+def _extract_options(batch_size, num_workers, device, amp, dtype, channels_last, shard, resume, overwrite, skip_bad):
+    from embedcache.extract import ExtractOptions
+
+    return ExtractOptions(batch_size=batch_size, num_workers=num_workers, device=device, amp=amp, dtype=dtype,
+                          channels_last=channels_last, shard=parse_shard(shard), resume=resume, overwrite=overwrite,
+                          skip_bad=skip_bad)
+
+
+extract_options = grouped(
+    "options", _extract_options,
+    click.option("--batch-size", default=64, show_default=True, help="Examples per forward pass."),
+    WORKERS(name="num_workers"),
+    DEVICE(default="auto", show_default=True),
+    AMP("Recorded in the recipe.", default="none", show_default=True),
+    DTYPE(default="float16", show_default=True),
+    click.option("--channels-last/--no-channels-last", default=None,
+                 help="channels_last memory format for image models; default: on with CUDA."),
+    click.option("--shard", default=None, metavar="I/N",
+                 help="Extract only the I-th of N contiguous slices (0-based), e.g. one SLURM array task; "
+                      "join the shards with `embedcache merge`."),
+    click.option("--resume", is_flag=True,
+                 help="Continue an interrupted extraction into --out (its rows are in --out.partial until it is "
+                      "complete); a complete --out of the same recipe and dataset is left as it is."),
+    OVERWRITE("Without it an existing --out is refused."),
+    click.option("--skip-bad", is_flag=True,
+                 help="Leave out missing or unreadable examples instead of stopping; their ids and errors are "
+                      "recorded in the cache (see `embedcache info`)."),
+)
+
+
+@click.command(cls=Command)
 @dataset_options()
 @backbone_options()
 @click.option("--resolution", type=int, default=None,
               help="Image side the model sees (resize and crop scale with it); default: the model's own.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache file to write (.h5).")
-@click.option("--batch-size", default=64, show_default=True, help="Examples per forward pass.")
-@click.option("--workers", type=int, default=None,
-              help="DataLoader worker processes; default: CPUs - 1 (max 8) for images, 0 for text.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
-              help="Autocast the forward pass to this precision (recorded in the recipe).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Storage precision of the embeddings.")
-@click.option("--channels-last/--no-channels-last", default=None,
-              help="channels_last memory format for image models; default: on with CUDA.")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Extract only the I-th of N contiguous slices (0-based), e.g. one SLURM array task; "
-                   "join the shards with `embedcache merge`.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted extraction into --out (its rows are in --out.partial until it is "
-                   "complete); a complete --out of the same recipe and dataset is left as it is.")
-@click.option("--overwrite", is_flag=True,
-              help="Extract again and replace an existing --out once the new cache is complete.")
-@click.option("--skip-bad", is_flag=True,
-              help="Leave out missing or unreadable examples instead of stopping; their ids and errors are "
-                   "recorded in the cache (see `embedcache info`).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, max_length, pooling, resolution, out,
-            batch_size, workers, device, amp, dtype, channels_last, shard, resume, overwrite, skip_bad, quiet):
+@OUT("A cache file (.h5).", required=True)
+@extract_options
+@renamed("extract", "--seed", "init_seed", type=int)
+@QUIET()
+def extract(data, model, resolution, out, options, quiet):
     """Extract backbone embeddings of a dataset into an HDF5 cache.
 
     Rows follow the dataset's order and go to --out.partial, which becomes --out once complete; a
@@ -49,38 +61,32 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
       embedcache extract --dataset imagefolder --root photos/ \\
           --backbone timm:resnetv2_50x1_bit.goog_in21k --out caches/photos-bitm.h5
     """
-    from embedcache.backbones import create_backbone
-    from embedcache.datasets import create_dataset
-    from embedcache.extract import ExtractOptions, extract as run_extract
+    from embedcache.extract import extract as run_extract
 
-    options = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp, dtype=dtype,
-                             channels_last=channels_last, shard=parse_shard(shard), resume=resume,
-                             overwrite=overwrite, skip_bad=skip_bad)
-    data = create_dataset(dataset_name, root, **parse_key_values(dataset_options, "--option"))
-    model = create_backbone(backbone, weights=weights, seed=init_seed, resolution=resolution, max_length=max_length,
-                            pooling=pooling)
-    unit = "img" if model.modality == "image" else "text"
+    dataset = data.create()
+    backbone = model.create(resolution=resolution)
+    unit = "img" if backbone.modality == "image" else "text"
     with progress_bar(f"extract {out.name}", unit, enabled=not quiet) as progress:
-        result = run_extract(data, model, out, options, progress=progress)
+        result = run_extract(dataset, backbone, out, options, progress=progress)
     if result.already_complete:
         click.echo(f"{result.path} is already complete ({result.rows} rows): nothing to do")
         return
     new_rows = result.rows + len(result.skipped) - result.resumed_from
     rate = new_rows / result.seconds if result.seconds else float("nan")
-    click.echo(f"wrote {result.path}: {result.rows} rows x {model.num_features} ({dtype}) in "
+    click.echo(f"wrote {result.path}: {result.rows} rows x {backbone.num_features} ({options.dtype}) in "
                f"{result.seconds:.1f} s, {rate:.1f} {unit}/s"
                + (f", resumed at row {result.resumed_from}" if result.resumed_from else ""))
     if result.skipped:
         click.echo(f"skipped {len(result.skipped)} bad example(s), e.g. {result.skipped[0][1]}", err=True)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged cache file to write.")
+@OUT("The merged cache file.", required=True)
 @click.option("--virtual", is_flag=True,
               help="Write an HDF5 virtual dataset pointing at the shard files instead of copying the rows "
                    "(fast, small; keep the shards next to the merged file).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file once the merged one is complete.")
+@OVERWRITE()
 def merge(shards, out, virtual, overwrite):
     """Join the shards of one extraction (made with --shard I/N) into one cache.
 
@@ -100,7 +106,7 @@ def _counts(counts: dict, limit: int = 8) -> str:
     return text + (f", ... ({len(counts) - limit} more)" if len(counts) > limit else "")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("cache", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
 @click.option("--check", is_flag=True,

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.command import Group
+from embedcache.cli.conventions import OUT, OVERWRITE, QUIET, ROOT, SEED, renamed
 from embedcache.cli.options import progress_bar
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
-@click.group("datasets")
+@click.group("datasets", cls=Group)
 def datasets() -> None:
     """Build or fetch the paper's datasets (layouts and sources: data/README.md)."""
 
@@ -26,16 +28,15 @@ def datasets() -> None:
 @click.option("--matched", required=True, type=click.FloatRange(0, 1),
               help="Share of each class's training birds on their own background (landbird on land, waterbird "
                    "on water): 0.95 is the released Waterbirds, the paper sweeps 0.5 ... 0.95.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write (images, metadata.csv, build.json); read it with --dataset waterbirds-variant.")
-@click.option("--seed", default=0, show_default=True,
-              help="Seed of the val split, the background assignment and the background images; one seed gives "
-                   "identical files, and variants of one seed share val and test.")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1),
-              help="Threads composing images.")
-@click.option("--overwrite", is_flag=True, help="Write into an --out folder that is not empty.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def build_waterbirds(cub, places, matched, out, seed, workers, overwrite, quiet):
+@OUT("A folder for the images, metadata.csv and build.json; read it with --dataset waterbirds-variant.",
+     required=True)
+@SEED("the val split, the background assignment and the background images; one seed gives identical files, and "
+      "variants of one seed share val and test.", default=0, show_default=True)
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1), help="Threads composing images.")
+@renamed("datasets build-waterbirds", "--workers", "threads", type=click.IntRange(1))
+@OVERWRITE()
+@QUIET()
+def build_waterbirds(cub, places, matched, out, seed, threads, overwrite, quiet):
     """Compose a Waterbirds variant from CUB-200-2011 and Places365 (the group_DRO construction).
 
     Train has exactly round(matched x n) matched birds per class; val and test are 50/50. Example:
@@ -45,7 +46,7 @@ def build_waterbirds(cub, places, matched, out, seed, workers, overwrite, quiet)
     """
     from embedcache.datasets.waterbirds_variant import WaterbirdsBuild, build_waterbirds as build
 
-    config = WaterbirdsBuild(cub=cub, places=places, out=out, matched=matched, seed=seed, workers=workers,
+    config = WaterbirdsBuild(cub=cub, places=places, out=out, matched=matched, seed=seed, threads=threads,
                              overwrite=overwrite)
     with progress_bar(f"compose {out.name}", "img", enabled=not quiet) as progress:
         record = build(config, progress=progress)
@@ -57,9 +58,8 @@ def build_waterbirds(cub, places, matched, out, seed, workers, overwrite, quiet)
               help="Visual Genome objects.json (one JSON array, an entry per image).")
 @click.option("--images", required=True, multiple=True, type=_FOLDER,
               help="A Visual Genome image folder (<image_id>.jpg); repeat for VG_100K/ and VG_100K_2/.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write (images/, metadata.csv, build.json); read it with --dataset treeperson.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the image draw.")
+@OUT("A folder for images/, metadata.csv and build.json; read it with --dataset treeperson.", required=True)
+@SEED("the image draw.", default=0, show_default=True)
 @click.option("--val-ids", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Text file of image ids, one per line, that form the val pool (e.g. GQA's val images); the "
                    "other images form the train pool. Without it, a seeded draw puts disjoint images in each.")
@@ -69,8 +69,8 @@ def build_waterbirds(cub, places, matched, out, seed, workers, overwrite, quiet)
               help="Train images of person & tree and of no person & building.")
 @click.option("--val-per-group", default=498, show_default=True, type=click.IntRange(0),
               help="Val images of each of the four person x place groups.")
-@click.option("--overwrite", is_flag=True, help="Write into an --out folder that is not empty.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@OVERWRITE()
+@QUIET()
 def build_treeperson(objects, images, out, seed, val_ids, majority, minority, val_per_group, overwrite, quiet):
     """Select Treeperson from Visual Genome annotations (the paper's Appendix C) and copy its images.
 
@@ -94,8 +94,8 @@ def build_treeperson(objects, images, out, seed, val_ids, majority, minority, va
 
 @datasets.command("download")
 @click.argument("name", type=click.Choice(["waterbirds", "iwildcam", "amazon"]))
-@click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to download into; the dataset lands in its WILDS folder there (e.g. amazon_v2.1/).")
+@ROOT("Here: the folder to download into; the dataset lands in its WILDS folder there (e.g. amazon_v2.1/).",
+      required=True)
 def download(name, root):
     """Download a WILDS-hosted dataset with the `wilds` package (pip install wilds); nothing else downloads.
 

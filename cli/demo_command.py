@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.command import Command, note
+from embedcache.cli.conventions import JOBS, OUT, OVERWRITE, SEEDS
 from embedcache.cli.label_command import server_options
 
 
@@ -33,6 +35,16 @@ def _format(rows, probes, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _seeds(ctx: click.Context, param: click.Parameter, seeds):
+    """A bare number N was the count of seeds before --seeds listed them (as in al): still read so, with a note."""
+    if seeds is not None and seeds.text.strip().isdigit():
+        count = int(seeds.text)
+        note(f"demo --seeds {count}: a count of seeds is deprecated; --seeds lists run seeds as in al, so write "
+             f"--seeds 0-{max(count - 1, 0)}")
+        return tuple(range(count))
+    return seeds
+
+
 def _label_page(out: Path, config, quick: bool, host: str, port: int, open_browser: bool) -> None:
     """The labelling page on the demo's reviews: the pretrained cache, every row unlabelled, the train split."""
     from embedcache.cli.label_command import default_annotator, run_page
@@ -52,13 +64,12 @@ def _label_page(out: Path, config, quick: bool, host: str, port: int, open_brows
              open_browser=open_browser)
 
 
-@click.command()
-@click.option("--out", default=Path("demo"), show_default=True, type=click.Path(path_type=Path),
-              help="Folder for the dataset, caches, run records and report. Rerunning reuses finished work; "
-                   "a rerun with other sizes (--quick, --seeds) replaces it.")
-@click.option("--seeds", type=int, default=None, help="AL seeds per strategy and features (default 8; 3 with --quick).")
+@click.command(cls=Command)
+@OUT("A folder for the dataset, caches, run records and report.", default=Path("demo"), show_default=True)
+@SEEDS("Default 0-7; 0-2 with --quick.", callback=_seeds)
 @click.option("--quick", is_flag=True, help="A smaller dataset, budget and fewer seeds: about a minute on 2 cores.")
-@click.option("--jobs", type=int, default=None, help="AL runs in parallel processes (default: CPUs, at most 4).")
+@JOBS("default: CPUs, at most 4.")
+@OVERWRITE()
 @click.option("--label", "label_page", is_flag=True,
               help="Instead of the simulation, open the labelling page on the generated reviews (train split) with "
                    "the pretrained MiniLM cache: label them yourself, the model asking; labels go to "
@@ -66,12 +77,13 @@ def _label_page(out: Path, config, quick: bool, host: str, port: int, open_brows
 @server_options
 @click.option("--open/--no-open", "open_browser", default=True, show_default=True,
               help="With --label: open the page in your web browser.")
-def demo(out, seeds, quick, jobs, label_page, host, port, open_browser):
+def demo(out, seeds, quick, jobs, overwrite, label_page, host, port, open_browser):
     """Show the paper's effect end to end, offline, with real pretrained features.
 
     Generates a task-ambiguity review dataset, extracts all-MiniLM-L6-v2 embeddings (pretrained, and
     the same architecture at random init), runs least-confidence and random sampling on both, and
-    writes the report. Whatever the runs show is what it prints.
+    writes the report. Whatever the runs show is what it prints. A rerun with the same sizes reuses
+    the finished caches and runs in --out.
 
     With --label you are the annotator instead: after a handful of labels the page asks for the
     reviews whose product category contradicts their sentiment (the side panel counts them).
@@ -84,14 +96,15 @@ def demo(out, seeds, quick, jobs, label_page, host, port, open_browser):
     from embedcache.cli.options import Bars
     from embedcache.demo import DemoConfig, default_jobs, run_demo
 
-    config = DemoConfig.quick(seeds) if quick else DemoConfig(seeds=seeds or 8)
+    config = DemoConfig.quick(seeds) if quick else DemoConfig(**({"seeds": tuple(seeds)} if seeds else {}))
     if label_page:
         _label_page(out, config, quick, host, port, open_browser)
         return
     stages = Bars()
     try:
         rows, probes = run_demo(out, config, jobs or default_jobs(),
-                                progress=lambda name, done, total: stages.update(f"{name:<22}", done, total))
+                                progress=lambda name, done, total: stages.update(f"{name:<22}", done, total),
+                                overwrite=overwrite)
     finally:
         stages.close()
     click.echo(_format(rows, probes, out))

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.command import Command
+from embedcache.cli.conventions import DTYPE, GROUP, OUT, OVERWRITE, QUIET
 from embedcache.cli.options import Bars
 
 
-@click.command("import")
+@click.command("import", cls=Command)
 @click.option("--embeddings", required=True, type=click.Path(path_type=Path),
               help="The vectors: a .npy array [rows, dim]; a .npz archive (one array holds them); or a .parquet file "
                    "with a list / fixed_size_list / fixed-shape-tensor column. Floating point, read in blocks "
@@ -31,9 +33,8 @@ from embedcache.cli.options import Bars
 @click.option("--split-column", default="split", show_default=True,
               help="The metadata column with the splits (train, val, test, id_val, id_test), e.g. --split-column "
                    "fold; without it every row is train.")
-@click.option("--group", "groups", multiple=True, metavar="COLUMN",
-              help="A metadata column to keep as a group (attributes evaluation and analysis slice by, e.g. "
-                   "--group place). Repeatable; default: every column but id, label and split.")
+@GROUP("A metadata column kept as a group, e.g. --group place; default: every column but id, label and split.",
+       name="groups", metavar="COLUMN")
 @click.option("--unlabelled", is_flag=True,
               help="The metadata has no label column: every label is unknown (a pool to label later).")
 @click.option("--splits", default=None, metavar="NAMES",
@@ -41,13 +42,10 @@ from embedcache.cli.options import Bars
 @click.option("--model", required=True,
               help="What made the vectors, recorded in the cache and shown in reports, e.g. "
                    "--model 'open_clip ViT-B-32 laion2b_s34b_b79k'.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
-              help="Storage precision; default: the file's (float64 is stored as float32).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Cache file to write, e.g. --out caches/photos-clip.h5.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (without it, an existing one is an "
-              "error).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@DTYPE("Default: the file's (float64 is stored as float32).")
+@OUT("A cache file, e.g. --out caches/photos-clip.h5.", required=True)
+@OVERWRITE()
+@QUIET()
 def import_(embeddings, vectors, ids, metadata, id_column, label_column, split_column, groups, unlabelled, splits,
             model, dtype, out, overwrite, quiet):
     """Import embeddings you already have (CLIP, an embeddings API, your own model) into a cache.

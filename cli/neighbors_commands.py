@@ -6,21 +6,20 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.command import Command
+from embedcache.cli.conventions import DEVICE, DISTANCE, OUT, OVERWRITE, QUIET, RUNS, SEED, SPLIT, renamed
 from embedcache.cli.options import progress_bar
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("cache", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--runs", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Run records (.jsonl files or folders of them) made on this cache: report where their "
-                   "acquired points sit. Repeatable.")
+@RUNS("Made on this cache: report where their acquired points sit.")
 @click.option("--k", default=10, show_default=True, help="Neighbours per point.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for summary.json, summary.md, knn.npz (CSR graph), knn_nodes.csv and duplicates.csv.")
-@click.option("--metric", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True,
-              help="cosine: inner product of L2-normalised vectors (distance 1 - cos); l2: Euclidean distance.")
-@click.option("--split", "splits", multiple=True,
-              help="Use only the rows of this split (repeatable, e.g. --split train --split val); default: all rows.")
+@OUT("A folder for summary.json, summary.md, knn.npz (CSR graph), knn_nodes.csv and duplicates.csv.", required=True)
+@DISTANCE(default="cosine", show_default=True)
+@renamed("neighbors", "--metric", "distance", type=DISTANCE.type)
+@SPLIT("use only its rows (repeatable, e.g. --split train --split val); default: all rows.", name="splits",
+       multiple=True)
 @click.option("--ivf", "ivf_nlist", type=int, default=None, metavar="NLIST",
               help="Approximate search with an IVF index of NLIST lists (for very large caches; "
                    "about sqrt(rows) is a good start). Default: exact search.")
@@ -29,28 +28,31 @@ from embedcache.cli.options import progress_bar
               help="Rows whose cosine similarity is at least this are reported as near duplicates.")
 @click.option("--duplicate-neighbors", default=32, show_default=True,
               help="Nearest rows of each row checked for duplicates.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="Where FAISS searches: auto uses the GPU when faiss-gpu is installed and sees one.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the IVF training sample and the random baseline.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def neighbors(cache, runs, k, out, metric, splits, ivf_nlist, nprobe, duplicate_threshold, duplicate_neighbors,
-              device, seed, quiet):
+@DEVICE("FAISS searches on a GPU with faiss-gpu installed (auto: when it sees one).", default="auto",
+        show_default=True)
+@SEED("the IVF training sample and the random baseline.", default=0, show_default=True)
+@OVERWRITE()
+@QUIET()
+def neighbors(cache, runs, k, out, distance, splits, ivf_nlist, nprobe, duplicate_threshold, duplicate_neighbors,
+              device, seed, overwrite, quiet):
     """Neighbour diagnostics: kNN label agreement overall and per group, near duplicates within and
     across splits, where acquired points sit, and the kNN graph as a SciPy CSR matrix. Example:
 
       embedcache neighbors caches/waterbirds-bitm.h5 --runs runs/waterbirds --k 10 --out reports/nn
     """
-    from embedcache.analysis.neighbors import NeighborOptions, analyze, render_markdown, write_report
+    from embedcache.analysis.neighbors import (NeighborOptions, analyze, neighbors_folder, render_markdown,
+                                               write_report)
     from embedcache.cache import EmbeddingCache
     from embedcache.records import read_runs
 
-    options = NeighborOptions(k=k, metric=metric, splits=tuple(splits), ivf_nlist=ivf_nlist, nprobe=nprobe,
+    options = NeighborOptions(k=k, distance=distance, splits=tuple(splits), ivf_nlist=ivf_nlist, nprobe=nprobe,
                               duplicate_threshold=duplicate_threshold, duplicate_neighbors=duplicate_neighbors,
                               device=device, seed=seed)
     options.validate()
+    folder = neighbors_folder(out, overwrite)
     records = read_runs(runs) if runs else ()
     with EmbeddingCache(cache) as c, progress_bar("neighbors", "row", enabled=not quiet) as progress:
         report = analyze(c.require_complete(), options, records, progress=progress)
-    paths = write_report(report, out)
+    paths = write_report(report, folder)
     click.echo(render_markdown(report.summary, details=False), nl=False)
     click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}")

@@ -1,12 +1,17 @@
-"""Option parsers and progress bars shared by the commands."""
+"""Option groups, parsers and progress bars shared by the commands."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import click
+
+from embedcache.cli.command import UsageLine
+from embedcache.cli.conventions import BACKBONE, DATASET, DATASET_OPTION, INIT_SEED, MAX_LENGTH, POOLING, ROOT, WEIGHTS
 
 
 def parse_key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -85,53 +90,83 @@ def option_group(*options: Callable) -> Callable:
     return apply
 
 
+def grouped(name: str, build: Callable[..., Any], *options: Callable) -> Callable:
+    """Options whose values `build(**values)` turns into one object, which the command receives as
+    `name` (a `Protocol`, a `LinearConfig`, ...) instead of the options one by one. `build` takes the
+    options' parameter names; what it raises is reported against their flags."""
+    names = [p.name for p in option_group(*options)(lambda: None).__click_params__]
+
+    def apply(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            kwargs[name] = build(**{n: kwargs.pop(n) for n in names})
+            return command(*args, **kwargs)
+
+        return option_group(*options)(wrapper)
+    return apply
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetArgs:
+    """Which dataset adapter reads which files (--dataset, --root, -o)."""
+
+    name: str
+    root: Path
+    options: dict
+
+    def create(self):
+        from embedcache.datasets import create_dataset
+
+        return create_dataset(self.name, self.root, **self.options)
+
+
+def _dataset_args(dataset_name: str | None, root: Path | None, dataset_options: tuple[str, ...]) -> DatasetArgs | None:
+    options = parse_key_values(dataset_options, "--option")
+    if dataset_name is None and root is None:
+        if options:
+            raise UsageLine("-o/--option is an option of the dataset adapter: give --dataset and --root too")
+        return None
+    if dataset_name is None or root is None:
+        raise UsageLine("--dataset and --root go together: give both")
+    return DatasetArgs(dataset_name, root, options)
+
+
 def dataset_options(required: bool = True) -> Callable:
-    """--dataset, --root and -o/--option: which dataset adapter reads which files."""
-    return option_group(
-        click.option("--dataset", "dataset_name", required=required,
-                     help="Dataset adapter: imagefolder, manifest, jsonl, or a paper dataset (see data/README.md)."),
-        click.option("--root", required=required, type=click.Path(path_type=Path),
-                     help="Where the dataset is: a folder, a manifest CSV or a .jsonl file, as the adapter expects."),
-        click.option("-o", "--option", "dataset_options", multiple=True, metavar="KEY=VALUE",
-                     help="An adapter option, e.g. -o text_field=review. Repeatable."),
-    )
+    """--dataset, --root and -o/--option, passed to the command as `data` (a DatasetArgs, or None when
+    they are optional and not given)."""
+    return grouped("data", _dataset_args,
+                   DATASET(name="dataset_name", required=required), ROOT(required=required),
+                   DATASET_OPTION(name="dataset_options"))
 
 
-def backbone_options(required: bool = True, seed_flag: str = "--seed") -> Callable:
-    """--backbone, --weights, the random-init seed, --max-length and --pooling."""
-    return option_group(
-        click.option("--backbone", required=required,
-                     help="timm:<model> (images, e.g. timm:resnetv2_50x1_bit.goog_in21k) or hf:<name-or-folder> "
-                          "(text)."),
-        click.option("--weights", default="pretrained", show_default=True,
-                     help="'pretrained' (from the hub), 'random' (seeded init: the non-pretrained control), or a "
-                          "checkpoint file: BiT .npz, .safetensors, or a torch state dict (.pt/.pth/.bin)."),
-        click.option(seed_flag, "init_seed", default=0, show_default=True,
-                     help="Seed of the random init for --weights random."),
-        click.option("--max-length", type=int, default=None, help="Text backbones: tokens kept per example."),
-        click.option("--pooling", type=click.Choice(["mean", "cls"]), default=None,
-                     help="Text backbones: mean of the last hidden state over tokens (default) or its [CLS] row."),
-    )
+@dataclasses.dataclass(frozen=True)
+class BackboneArgs:
+    """Which network makes the features (--backbone, --weights, --init-seed, --max-length, --pooling)."""
+
+    spec: str
+    weights: str
+    init_seed: int
+    max_length: int | None
+    pooling: str | None
+
+    def create(self, **options):
+        from embedcache.backbones import create_backbone
+
+        return create_backbone(self.spec, weights=self.weights, seed=self.init_seed, max_length=self.max_length,
+                               pooling=self.pooling, **options)
 
 
-finetune_options = option_group(
-    click.option("--recipe", "recipe_options", multiple=True, metavar="KEY=VALUE",
-                 help="Finetune mode: override a field of the paper's recipe (BiT for images, RoBERTa's for text), "
-                      "e.g. --recipe base_lr=0.01 or --recipe schedule=10,20,30,40,50. Repeatable; an unknown key "
-                      "lists the fields."),
-    click.option("--micro-batch", default=8, show_default=True,
-                 help="Finetune mode: examples per forward/backward pass; the recipe's batch is accumulated from "
-                      "them."),
-    click.option("--eval-batch-size", default=64, show_default=True,
-                 help="Finetune mode: examples per forward pass when evaluating and scoring."),
-    click.option("--workers", type=int, default=None,
-                 help="Finetune mode: DataLoader worker processes; default: CPUs - 1 (max 8) for images, 0 for text."),
-    click.option("--train-seed", default=0, show_default=True,
-                 help="Finetune mode: seed of the shuffling, crops, flips and dropout (mixed with each round's "
-                      "labelled set, so resumed runs train identically)."),
-    click.option("--amp", type=click.Choice(["auto", "bf16", "none"]), default="auto", show_default=True,
-                 help="Finetune mode: bf16 autocast; auto = on for CUDA, off on CPU."),
-)
+def _backbone_args(backbone: str | None, weights: str, init_seed: int, max_length: int | None,
+                   pooling: str | None) -> BackboneArgs | None:
+    return None if backbone is None else BackboneArgs(backbone, weights, init_seed, max_length, pooling)
+
+
+def backbone_options(required: bool = True) -> Callable:
+    """--backbone, --weights, --init-seed, --max-length and --pooling, passed to the command as `model`
+    (a BackboneArgs, or None without --backbone)."""
+    return grouped("model", _backbone_args,
+                   BACKBONE(required=required), WEIGHTS(default="pretrained", show_default=True),
+                   INIT_SEED(default=0, show_default=True), MAX_LENGTH(), POOLING())
 
 
 def step_bars(enabled: bool):

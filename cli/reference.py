@@ -1,7 +1,8 @@
-"""The README's CLI reference, generated from every command's --help.
+"""The README's CLI reference, generated from every command's --help, and its option conventions
+table, generated from `embedcache.cli.conventions`.
 
-`python -m embedcache.cli.reference README.md` rewrites the block between the markers below;
-`tests/test_cli.py` fails when the README's block differs from what this renders.
+`python -m embedcache.cli.reference README.md` rewrites both blocks (between their markers);
+`tests/test_cli.py` fails when the README's blocks differ from what this renders.
 """
 
 from __future__ import annotations
@@ -36,14 +37,28 @@ def render() -> str:
     return "\n".join(parts)
 
 
+def blocks() -> list[tuple[str, str, str]]:
+    """(start marker, end marker, content) of every generated README block."""
+    from embedcache.cli import conventions
+
+    return [(conventions.START, conventions.END, conventions.render()), (START, END, render())]
+
+
+def block(text: str, start: str, end: str) -> str:
+    """The README's text between `start` and `end`."""
+    if start not in text or end not in text:
+        raise SystemExit(f"the README has no {start} ... {end} block")
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
 def update(readme: Path) -> bool:
-    """Rewrite the README's block; returns whether it changed."""
+    """Rewrite the README's generated blocks; returns whether they changed."""
     text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme}: no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{render()}{END}{tail}"
+    new = text
+    for start, end, content in blocks():
+        block(new, start, end)
+        head, rest = new.split(start, 1)
+        new = f"{head}{start}\n{content}{end}{rest.split(end, 1)[1]}"
     readme.write_text(new, encoding="utf-8")
     return new != text
 

@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 import embedcache
-from embedcache.errors import CacheError, DatasetError
+from embedcache.errors import CacheError, ConfigError, DatasetError
 from embedcache.faults import crash_point
 from embedcache.metadata import Metadata
 from embedcache.recipe import canonical_json, recipe_difference, recipe_fingerprint, vectors_digest
@@ -214,7 +214,7 @@ def _remedy(error: OSError, folder: Path) -> str:
 
 def _cannot_write_in(folder: Path, error: OSError) -> CacheError:
     folder = folder.absolute()
-    return CacheError(f"{folder}: cannot write here ({_reason(error)}); choose another --out or "
+    return CacheError(f"{folder}: cannot write here ({_reason(error)}); choose another `out` or "
                       f"{_remedy(error, folder)}")
 
 
@@ -436,7 +436,7 @@ class EmbeddingCache:
         if missing:  # HDF5 would read zeros for them, silently
             self._close_file()
             raise CacheError(f"{path}: its virtual /embeddings reads rows from {missing}, which are not there; "
-                             "keep the shard files beside the merged cache (or merge without --virtual)")
+                             "keep the shard files beside the merged cache (or merge without `virtual`)")
         if self._guard is not None:
             #: Rows appended so far; `rows_written` counts those saved.
             self._appended = self.rows_written
@@ -472,10 +472,10 @@ class EmbeddingCache:
         if path.name.endswith(PARTIAL_SUFFIX):
             raise CacheError(f"{path}: names ending in {PARTIAL_SUFFIX} are for unfinished writes; choose another")
         if path.exists() and not overwrite:
-            raise CacheError(f"{path} already exists; pass --overwrite to replace it")
+            raise CacheError(f"{path} already exists; pass `overwrite` to replace it")
         partial = partial_path(path)
         if partial.exists() and not overwrite:
-            raise CacheError(f"{partial} holds an unfinished write of {path}; pass --overwrite to discard it and "
+            raise CacheError(f"{partial} holds an unfinished write of {path}; pass `overwrite` to discard it and "
                              "start over")
         metadata.validate(str(path))
         attrs = {
@@ -572,7 +572,7 @@ class EmbeddingCache:
             raise CacheError(f"{self.path}: rows of width {embeddings.shape[1:]} do not fit dim {ds.shape[1]}")
         if (ds.dtype == np.float16 and embeddings.dtype != np.float16 and embeddings.size
                 and np.abs(embeddings).max() > _FLOAT16_MAX):  # float16 input fits by construction
-            raise CacheError(f"{self.path}: feature values exceed the float16 range; extract with --dtype float32")
+            raise CacheError(f"{self.path}: feature values exceed the float16 range; store them as float32 (`dtype`)")
         block = np.zeros((count, ds.shape[1]), dtype=ds.dtype)
         keep = np.setdiff1d(np.arange(count), np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
         block[keep] = embeddings
@@ -1062,17 +1062,17 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, virtual: bool 
     if not paths:
         raise CacheError("no shard files given")
     if out.exists() and not overwrite:
-        raise CacheError(f"{out} already exists; pass --overwrite to replace it")
+        raise CacheError(f"{out} already exists; pass `overwrite` to replace it")
     inputs = {Path(p).resolve() for p in paths}
     if out.resolve() in inputs or partial_path(out).resolve() in inputs:
-        raise CacheError(f"--out {out} is one of the shards; choose another file")
+        raise ConfigError(f"{out} is one of the shards; choose another file", param="out")
     shards = [EmbeddingCache(p) for p in paths]
     try:
         first = shards[0]
         for shard in shards:
             shard.require_complete()
             if not (isinstance(shard.shard, dict) and {"index", "count"} <= shard.shard.keys()):
-                raise CacheError(f"{shard.path} is not a shard (extracted without --shard)")
+                raise CacheError(f"{shard.path} is not a shard (extracted without `shard`)")
             if shard.fingerprint != first.fingerprint:
                 raise CacheError(f"{shard.path} has recipe {shard.fingerprint[:12]}, {first.path} has "
                                  f"{first.fingerprint[:12]}: "

@@ -8,20 +8,30 @@
 3. Run linear-mode AL, least-confidence vs random, over several seeds, on both caches.
 4. Write the report (learning curves with CIs, labels-to-reach, upsampling, separability).
 Nothing is tuned to the outcome: the numbers the runs produce are the numbers reported.
+
+The output folder is the demo's own (`embedcache.outputs` marker with the demo's sizes): a rerun of
+the same sizes reuses its finished caches and runs, even after a kill; one of other sizes replaces
+it only with `overwrite` (in a temporary sibling, swapped in once complete).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Callable
+
+from embedcache.errors import ConfigError
+from embedcache.outputs import MARKER, OutputFolder, read_marker, write_marker
 
 
 #: Hub name of the model the offline package carries.
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 STRATEGIES = ("least-confidence", "random")
 GROUP = "label*category"
+#: What a demo folder holds.
+DEMO_NAMES = ("data", "caches", "runs", "report", "separability")
 #: stage(name, done, total): progress of each stage, for progress bars.
 StageProgress = Callable[[str, int, int], None]
 
@@ -32,15 +42,23 @@ class DemoConfig:
 
     n_train: int = 3000
     n_val: int = 1000
-    seeds: int = 8
+    seeds: tuple[int, ...] = tuple(range(8))  # the AL run seeds, per strategy and features
     seed_size: int = 20
     per_round: int = 5
     budget: int = 200
     matched: float = 0.95
 
+    def __post_init__(self) -> None:
+        if len(self.seeds) < 2:
+            raise ConfigError(f"{list(self.seeds)}: the demo's intervals need at least two seeds", param="seeds")
+
     @classmethod
-    def quick(cls, seeds: int | None = None) -> "DemoConfig":
-        return cls(n_train=1000, n_val=400, seeds=seeds or 3, budget=100)
+    def quick(cls, seeds: tuple[int, ...] | None = None) -> "DemoConfig":
+        return cls(n_train=1000, n_val=400, seeds=tuple(seeds or range(3)), budget=100)
+
+    def to_dict(self) -> dict:
+        """JSON-ready, as the demo folder's marker keeps it."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 def minilm_spec() -> str:
@@ -104,8 +122,8 @@ def run_demo_al(out: Path, caches: dict[str, Path], config: DemoConfig, jobs: in
         folders[name] = out / "runs" / name
         report = None if progress is None else (lambda run, done, total, n=name: progress(f"AL {n}", done, total))
         if progress is not None:
-            progress(f"AL {name}", 0, len(STRATEGIES) * config.seeds)
-        grid = (LinearExperiment(cache), protocol(config), STRATEGIES, list(range(config.seeds)), folders[name])
+            progress(f"AL {name}", 0, len(STRATEGIES) * len(config.seeds))
+        grid = (LinearExperiment(cache), protocol(config), STRATEGIES, list(config.seeds), folders[name])
         try:
             run_grid(*grid, jobs=jobs, on_run=report)
         except RecordError:  # records of an earlier demo with other sizes: this folder is the demo's own
@@ -145,10 +163,10 @@ def write_demo_report(out: Path, caches: dict[str, Path], runs: dict[str, Path],
     from embedcache.records import read_runs
 
     report = None if progress is None else (lambda done, total: progress("report", done, total))
-    summary = write_report(read_runs(runs.values()), out / "report", progress=report)
+    summary = write_report(read_runs(runs.values()), out / "report", progress=report, overwrite=True)
     probes_config = ProbeConfig()
     probes = separability(list(caches.values()), target="label", groups=("category",), config=probes_config)
-    write_separability(probes, out / "separability", probes_config)
+    write_separability(probes, out / "separability", probes_config, overwrite=True)
     return _rows(summary, caches), probes
 
 
@@ -186,9 +204,47 @@ def _rows(summary: dict, caches: dict[str, Path]) -> list[DemoRow]:
     return sorted(rows, key=lambda r: (list(caches).index(r.cache) if r.cache in caches else 9, r.strategy))
 
 
-def run_demo(out: Path, config: DemoConfig, jobs: int = 1, progress: StageProgress | None = None):
-    """Every stage; returns the table rows and the separability probes."""
+def run_demo(out: Path, config: DemoConfig, jobs: int = 1, progress: StageProgress | None = None,
+             overwrite: bool = False):
+    """Every stage into the folder `out` (see the module docstring); returns the table rows and the
+    separability probes."""
     out = Path(out)
+    if not overwrite and _resumable(out, config):
+        return _stages(out, config, jobs, progress)
+    if not overwrite and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # a fresh demo is written in place, so a killed one resumes; an empty folder is nothing to keep
+    if not out.exists():
+        out.mkdir(parents=True)
+        return _stages(out, config, jobs, progress)
+    marker = read_marker(out) or {}
+    if marker.get("command") == "demo" and marker.get("config") != config.to_dict() and not overwrite:
+        raise ConfigError(f"{out} holds a demo of other sizes ({_sizes(marker.get('config'))}); pass `overwrite` to "
+                          "replace it, or choose another folder", param="out")
+    with OutputFolder(out, "demo", overwrite).writing() as staging:
+        return _stages(staging, config, jobs, progress)
+
+
+def _resumable(out: Path, config: DemoConfig) -> bool:
+    """Whether `out` is a demo of these sizes (finished or not), whose finished stages a rerun reuses."""
+    marker = read_marker(out) if out.is_dir() else None
+    return (marker is not None and marker["command"] == "demo" and marker.get("config") == config.to_dict()
+            and all(p.name in DEMO_NAMES or p.name == MARKER for p in out.iterdir()))
+
+
+def _stages(out: Path, config: DemoConfig, jobs: int, progress: StageProgress | None):
+    _mark(out, config, complete=False)
     caches = prepare_caches(out, config, progress)
     runs = run_demo_al(out, caches, config, jobs, progress)
-    return write_demo_report(out, caches, runs, progress)
+    rows = write_demo_report(out, caches, runs, progress)
+    _mark(out, config, complete=True)
+    return rows
+
+
+def _mark(out: Path, config: DemoConfig, complete: bool) -> None:
+    write_marker(out, "demo", DEMO_NAMES, config=config.to_dict(), complete=complete)
+
+
+def _sizes(config) -> str:
+    if not isinstance(config, dict):
+        return "unknown"
+    return ", ".join(f"{k} {v if k != 'seeds' else len(v)}" for k, v in config.items() if k in ("n_train", "seeds"))

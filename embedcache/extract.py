@@ -19,6 +19,8 @@ from embedcache.metadata import Metadata
 from embedcache.recipe import recipe_difference, recipe_fingerprint
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: What `ExtractOptions.amp` takes: a precision, "auto" (bf16 on CUDA, none on the CPU) or "none" (None too).
+AMP_CHOICES = ("auto", *AMP_DTYPES, "none")
 #: progress(done, total): called once at the start and after every batch.
 Progress = Callable[[int, int], None]
 
@@ -30,7 +32,7 @@ class ExtractOptions:
     batch_size: int = 64
     num_workers: int | None = None  # None: one fewer than the CPU count (at most 8) for images, 0 for text
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str | None = None  # bf16 | fp16 autocast for the forward pass
+    amp: str | None = "none"  # auto | bf16 | fp16 | none: autocast of the forward pass (see `resolve_amp`)
     dtype: str = "float16"  # storage dtype
     channels_last: bool | None = None  # None: on for images on CUDA
     shard: tuple[int, int] = (0, 1)  # (index, count): extract the index-th of count contiguous slices
@@ -55,18 +57,28 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{device!r}: expected auto, cpu, cuda or cuda:N", param="device") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+        raise ConfigError(f"{device}: CUDA is not available on this machine", param="device")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ConfigError(f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s)", param="device")
     return resolved
+
+
+def resolve_amp(amp: str | None, device: torch.device) -> str | None:
+    """The autocast precision the recipe records: "bf16", "fp16" or None. "auto" is bf16 on a CUDA device
+    that supports it and None elsewhere; "none" and None are None."""
+    if amp is not None and amp not in AMP_CHOICES:
+        raise ConfigError(f"{amp!r}: expected one of {', '.join(AMP_CHOICES)}", param="amp")
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return None if amp in (None, "none") else amp
 
 
 def shard_range(n: int, index: int, count: int) -> range:
     """The index-th of `count` contiguous, near-equal slices of range(n)."""
     if count < 1 or not 0 <= index < count:
-        raise ConfigError(f"--shard {index}/{count}: need 0 <= I < N")
+        raise ConfigError(f"{index}/{count}: need 0 <= I < N", param="shard")
     return range(index * n // count, (index + 1) * n // count)
 
 
@@ -144,19 +156,19 @@ def _open_output(out: Path, metadata: Metadata, dim: int, recipe: dict, dataset:
         try:
             existing = EmbeddingCache(out)
         except NotACacheError as e:
-            raise CacheError(f"{out} exists and is not an embedding cache ({e.reason}); choose another --out, or pass "
-                             "--overwrite to replace it") from None
+            raise CacheError(f"{out} exists and is not an embedding cache ({e.reason}); choose another `out`, or pass "
+                             "`overwrite` to replace it") from None
         with existing:
             if not existing.complete:
                 unfinished = unfinished or out  # interrupted in place by an older embedcache
             elif (difference := _difference(existing, recipe, dataset, shard)) is None:
                 if not options.resume:
                     raise CacheError(f"{out} is already complete with this recipe and dataset: nothing to do "
-                                     "(--resume accepts a complete cache without this error)")
+                                     "(`resume` accepts a complete cache without this error)")
                 _remove_finished_partial(partial, recipe, dataset, shard)
                 return EmbeddingCache(out)
-            elif unfinished is None:  # else an interrupted --overwrite, which --resume finishes
-                raise CacheError(f"{out} holds {difference}; choose another --out, or pass --overwrite to replace "
+            elif unfinished is None:  # else an interrupted overwrite, which resume finishes
+                raise CacheError(f"{out} holds {difference}; choose another `out`, or pass `overwrite` to replace "
                                  "it")
     if unfinished is None:
         return EmbeddingCache.create(out, metadata, dim=dim, dtype=options.dtype, recipe=recipe, dataset=dataset,
@@ -165,20 +177,20 @@ def _open_output(out: Path, metadata: Metadata, dim: int, recipe: dict, dataset:
         cache = EmbeddingCache(unfinished)
     except NotACacheError as e:
         raise CacheError(f"{unfinished} is left from an interrupted extraction and cannot be read ({e.reason}); pass "
-                         "--overwrite to start over") from None
+                         "`overwrite` to start over") from None
     with cache:
         progress = f"{cache.rows_written}/{cache.n_rows} rows"
         difference = _difference(cache, recipe, dataset, shard)
         if difference:
             raise CacheError(f"{unfinished} holds an interrupted extraction ({progress}) of {difference}; pass "
-                             "--overwrite to start over with this one, or choose another --out")
+                             "`overwrite` to start over with this one, or choose another `out`")
         if unfinished == out and cache.rows_written == cache.n_rows and cache.skipped_ids:
             raise CacheError(f"{out} was left incomplete by an older embedcache after all its rows were written, "
                              "perhaps while it was dropping skipped rows in place, so its rows cannot be trusted; "
-                             "pass --overwrite to extract it again")
+                             "pass `overwrite` to extract it again")
         if not options.resume:
-            raise CacheError(f"{unfinished} holds an interrupted extraction ({progress}); pass --resume to continue "
-                             "it, or --overwrite to start over")
+            raise CacheError(f"{unfinished} holds an interrupted extraction ({progress}); pass `resume` to continue "
+                             "it, or `overwrite` to start over")
     return EmbeddingCache(unfinished, "r+")
 
 
@@ -209,29 +221,29 @@ def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, option
     options = options or ExtractOptions()
     started = time.perf_counter()
     out = Path(out)
-    if options.amp is not None and options.amp not in AMP_DTYPES:
-        raise ConfigError(f"--amp must be one of {sorted(AMP_DTYPES)}, got {options.amp!r}")
     if options.batch_size < 1:
-        raise ConfigError("--batch-size must be at least 1")
+        raise ConfigError("must be at least 1", param="batch_size")
     if options.num_workers is not None and options.num_workers < 0:
-        raise ConfigError("--workers must be 0 or more")
+        raise ConfigError("must be 0 or more", param="num_workers")
     if options.resume and options.overwrite:
-        raise ConfigError("--resume continues --out and --overwrite starts it again: pass one of them")
+        raise ConfigError("`resume` continues `out` and `overwrite` starts it again: pass one of them")
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give the cache a file name such as {out / 'cache.h5'}")
+        raise ConfigError(f"{out} is a folder; give the cache a file name such as {out / 'cache.h5'}", param="out")
     if out.name.endswith(PARTIAL_SUFFIX):
-        raise ConfigError(f"--out {out}: names ending in {PARTIAL_SUFFIX} are for unfinished caches; choose another")
+        raise ConfigError(f"{out}: names ending in {PARTIAL_SUFFIX} are for unfinished caches; choose another",
+                          param="out")
     device = resolve_device(options.device)
+    amp = resolve_amp(options.amp, device)
     index, count = options.shard
     rows = shard_range(len(dataset.metadata), index, count)
     if not len(rows):
-        raise ConfigError(f"--shard {index}/{count} is empty: the dataset has only {len(dataset.metadata)} rows")
+        raise ConfigError(f"{index}/{count} is empty: the dataset has only {len(dataset.metadata)} rows", param="shard")
     if not options.skip_bad:
         missing = [i for i in dataset.missing_files() if i in rows]
         if missing:
             raise DatasetError(f"{len(missing)} image file(s) not found, e.g. {dataset.location(missing[0])}; "
-                               "fix the paths or pass --skip-bad to leave them out")
-    recipe = backbone.recipe(options.dtype, options.amp).to_dict()
+                               "fix the paths or pass `skip_bad` to leave them out")
+    recipe = backbone.recipe(options.dtype, amp).to_dict()
     shard = None if count == 1 else {"index": index, "count": count, "start": rows.start, "stop": rows.stop,
                                      "total": len(dataset.metadata)}
     cache = _open_output(out, dataset.metadata.take(np.arange(rows.start, rows.stop)), backbone.num_features,
@@ -242,17 +254,17 @@ def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, option
         try:
             if not already_complete:
                 if not cache.complete:
-                    _run(dataset, backbone, cache, rows[done:], device, options, progress, done, len(rows))
+                    _run(dataset, backbone, cache, rows[done:], device, amp, options, progress, done, len(rows))
                 cache.finalize()
         except CacheWriteError as e:
-            raise CacheWriteError(f"{e}, then rerun with --resume to continue") from None
+            raise CacheWriteError(f"{e}, then rerun with `resume` to continue") from None
         return ExtractResult(path=out, rows=cache.n_rows, resumed_from=done, already_complete=already_complete,
                              skipped=list(zip(cache.skipped_ids, cache.skipped_errors)),
                              seconds=time.perf_counter() - started)
 
 
 def _run(dataset: DatasetAdapter, backbone: Backbone, cache: EmbeddingCache, rows: range, device: torch.device,
-         options: ExtractOptions, progress: Progress | None, done: int, total: int) -> None:
+         amp: str | None, options: ExtractOptions, progress: Progress | None, done: int, total: int) -> None:
     loader = example_loader(dataset, backbone.transform, backbone.collate, rows, options.batch_size,
                             options.num_workers, pin_memory=device.type == "cuda")
     channels_last = options.channels_last
@@ -261,8 +273,7 @@ def _run(dataset: DatasetAdapter, backbone: Backbone, cache: EmbeddingCache, row
     model = backbone.model.to(device).eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=AMP_DTYPES.get(options.amp, torch.bfloat16),
-                              enabled=options.amp is not None)
+    autocast = torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.bfloat16), enabled=amp is not None)
     if progress:
         progress(done, total)
     position = 0  # index into `rows` of the batch's first example
@@ -278,7 +289,7 @@ def _run(dataset: DatasetAdapter, backbone: Backbone, cache: EmbeddingCache, row
                 features = features[finite]
             if errors and not options.skip_bad:
                 raise DatasetError(f"{errors[min(errors)]}. Rows before it are saved in {cache.path}: fix the input "
-                                   "and rerun with --resume, or pass --skip-bad to leave bad examples out")
+                                   "and rerun with `resume`, or pass `skip_bad` to leave bad examples out")
             cache.append(features, skipped=errors)
             position += size
             if progress:

@@ -208,16 +208,16 @@ class NpzFile(VectorFile):
         except (OSError, zipfile.BadZipFile) as e:
             raise DatasetError(f"{path}: not a readable .npz archive ({e})") from None
         if ids is not None and ids not in infos:
-            raise ConfigError(f"--ids {ids}: {path} has no array {ids!r}; it holds {sorted(infos)}")
+            raise ConfigError(f"{ids}: {path} has no array {ids!r}; it holds {sorted(infos)}", param="ids")
         self.id_key = ids if ids is not None else (id_column if id_column in infos else None)
         candidates = [name for name in infos if name != self.id_key]
         if vectors is None:
             if len(candidates) != 1:
                 raise ConfigError(f"{path} holds the arrays {sorted(infos)}; name the one with the vectors with "
-                                  "--vectors")
+                                  "`vectors`")
             vectors = candidates[0]
         elif vectors not in infos:
-            raise ConfigError(f"--vectors {vectors}: {path} has no array {vectors!r}; it holds {sorted(infos)}")
+            raise ConfigError(f"{vectors}: {path} has no array {vectors!r}; it holds {sorted(infos)}", param="vectors")
         self.key, self.info = vectors, infos[vectors]
         self.compressed = self.info.compress_type != zipfile.ZIP_STORED
         with zipfile.ZipFile(path) as archive, archive.open(self.info) as f:
@@ -279,16 +279,16 @@ class ParquetVectors(VectorFile):
         schema = self.file.schema_arrow
         names = schema.names
         if ids is not None and ids not in names:
-            raise ConfigError(f"--ids {ids}: {path} has no column {ids!r}; it has {names}")
+            raise ConfigError(f"{ids}: {path} has no column {ids!r}; it has {names}", param="ids")
         self.id_key = ids if ids is not None else (id_column if id_column in names else None)
         if vectors is None:
             candidates = [f.name for f in schema if _is_list(_storage(f.type))]
             if len(candidates) != 1:
                 found = f"the list columns {candidates}" if candidates else f"no list column among {names}"
-                raise ConfigError(f"{path} has {found}; name the column with the vectors with --vectors")
+                raise ConfigError(f"{path} has {found}; name the column with the vectors with `vectors`")
             vectors = candidates[0]
         elif vectors not in names:
-            raise ConfigError(f"--vectors {vectors}: {path} has no column {vectors!r}; it has {names}")
+            raise ConfigError(f"{vectors}: {path} has no column {vectors!r}; it has {names}", param="vectors")
         self.key = vectors
         where = f"{path} column {vectors!r}"
         column_type = schema.field(vectors).type
@@ -377,9 +377,9 @@ def open_vectors(path: str | Path, vectors: str | None = None, ids: str | None =
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     if kind == "npy":
-        for flag, value in (("--vectors", vectors), ("--ids", ids)):
+        for name, value in (("vectors", vectors), ("ids", ids)):
             if value is not None:
-                raise ConfigError(f"{flag} names an array or column, but {path} is a single .npy array")
+                raise ConfigError(f"names an array or column, but {path} is a single .npy array", param=name)
         return NpyFile(path)
     if kind == "npz":
         return NpzFile(path, vectors, ids, id_column)
@@ -413,8 +413,8 @@ def read_metadata_table(path: str | Path, options: ImportOptions) -> MetadataTab
         nested = [f.name for f in table_file.schema_arrow if f.type.num_fields]  # lists, structs: never groups
     o = options
     if o.id_column not in columns:
-        raise DatasetError(f"{path}: no id column {o.id_column!r} (found {columns}); name it with --id-column")
-    require_label_column(o.label_column in columns, o.unlabelled, str(path), o.label_column, "--unlabelled")
+        raise DatasetError(f"{path}: no id column {o.id_column!r} (found {columns}); name it with `id_column`")
+    require_label_column(o.label_column in columns, o.unlabelled, str(path), o.label_column, "`unlabelled`")
     reserved = {o.id_column, o.label_column, o.split_column}
     if o.groups is None:
         groups = [c for c in columns if c not in reserved and c not in nested]
@@ -422,8 +422,8 @@ def read_metadata_table(path: str | Path, options: ImportOptions) -> MetadataTab
         groups = list(o.groups)
         unknown = [g for g in groups if g not in columns or g in reserved or g in nested]
         if unknown:
-            raise ConfigError(f"--group {unknown[0]}: not a group column of {path} (its columns: {columns}; the "
-                              "id, label and split columns and list columns cannot be groups)")
+            raise ConfigError(f"{unknown[0]}: not a group column of {path} (its columns: {columns}; the id, label and "
+                              "split columns and list columns cannot be groups)", param="groups")
     wanted = [c for c in (o.id_column, o.label_column, o.split_column, *groups) if c in columns]
     if kind == "csv":
         values = _read_csv(path, columns, wanted)
@@ -448,14 +448,14 @@ def read_metadata_table(path: str | Path, options: ImportOptions) -> MetadataTab
         raise DatasetError(f"{path}: no rows")
     labels, label_names = (parse_labels(values[o.label_column], locate, o.label_column)
                            if o.label_column in values else (np.full(n, -1), None))
-    splits = parse_splits(values.get(o.split_column, [None] * n), locate, o.splits, "--splits NAME,NAME,...",
+    splits = parse_splits(values.get(o.split_column, [None] * n), locate, o.splits, "`splits` NAME,NAME,...",
                           o.split_column)
     group_columns = {g: group_values(values[g]) for g in groups}
     for name, names in [(o.label_column, label_names or ())] + [(g, set(v)) for g, v in group_columns.items()]:
         if len(names) > MAX_NAMES:
             raise DatasetError(f"{path}: column {name!r} has {len(names)} distinct values; a cache keeps at most "
                                f"{MAX_NAMES} names per label or group column" +
-                               ("" if name == o.label_column else ": choose the group columns with --group"))
+                               ("" if name == o.label_column else ": choose the group columns with `groups`"))
     metadata = Metadata.from_values(ids, labels, splits, groups=group_columns, label_names=label_names)
     return MetadataTable(metadata, locate)
 
@@ -492,7 +492,7 @@ def _align(vectors: VectorFile, table: MetadataTable, metadata_path: Path) -> tu
     if file_ids is None:
         if vectors.rows != len(meta):
             raise DatasetError(f"{vectors.name} holds {vectors.rows} vectors but {metadata_path} has {len(meta)} rows; "
-                               "without an id column in the embeddings file (--ids) they are matched row for row, "
+                               "without an id column in the embeddings file (`ids`) they are matched row for row, "
                                "so the counts must agree")
         return meta, "order"
     if len(file_ids) != vectors.rows:
@@ -581,7 +581,7 @@ def _storage_dtype(requested: str | None, source: np.dtype) -> np.dtype:
     if requested is None:
         return np.dtype("float32") if source.itemsize == 8 else source
     if requested not in EMBEDDING_DTYPES:
-        raise ConfigError(f"--dtype must be one of {EMBEDDING_DTYPES}, got {requested!r}")
+        raise ConfigError(f"must be one of {EMBEDDING_DTYPES}, got {requested!r}", param="dtype")
     return np.dtype(requested)
 
 
@@ -598,14 +598,14 @@ def import_embeddings(embeddings: str | Path, metadata: str | Path, out: str | P
     started = time.perf_counter()
     embeddings, metadata, out = Path(embeddings), Path(metadata), Path(out)
     if not options.model or not options.model.strip():
-        raise ConfigError("--model: say what made the vectors, e.g. --model 'open_clip ViT-B-32 laion2b_s34b_b79k'")
+        raise ConfigError("say what made the vectors, e.g. 'open_clip ViT-B-32 laion2b_s34b_b79k'", param="model")
     if out.exists() and not options.overwrite:
-        raise CacheError(f"{out} already exists; pass --overwrite to replace it")
+        raise CacheError(f"{out} already exists; pass `overwrite` to replace it")
     for given in (embeddings, metadata):
         if out.resolve() == given.resolve():
-            raise ConfigError(f"--out {out} is the input file {given}; write the cache somewhere else")
+            raise ConfigError(f"{out} is the input file {given}; write the cache somewhere else", param="out")
     if options.block_bytes < 1:
-        raise ConfigError("block_bytes must be positive")
+        raise ConfigError("must be positive", param="block_bytes")
     vectors = open_vectors(embeddings, options.vectors, options.ids, options.id_column)
     storage = _storage_dtype(options.dtype, vectors.dtype)
     table = read_metadata_table(metadata, options)
@@ -621,7 +621,7 @@ def import_embeddings(embeddings: str | Path, metadata: str | Path, out: str | P
                            "drop those rows (and their metadata rows)")
     if len(scan.out_of_range):
         raise DatasetError(f"{vectors.name}: {_rows_named(scan.out_of_range, meta)} hold values beyond the {storage} "
-                           f"range (±{np.finfo(storage).max:g}); store them with --dtype float32")
+                           f"range (±{np.finfo(storage).max:g}); store them as float32 (`dtype`)")
     recipe = {
         "spec": options.model.strip(),
         "architecture": {"import": "vectors made elsewhere"},

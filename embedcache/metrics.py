@@ -43,10 +43,11 @@ class EvalSpec:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(EXTRA_METRICS))
         if unknown:
-            raise ConfigError(f"unknown metric(s) {unknown}; known: {list(EXTRA_METRICS)}")
+            raise ConfigError(f"unknown metric(s) {unknown}; these are computed on request: {list(EXTRA_METRICS)} "
+                              "(accuracy, groups and percentiles always are, when asked for)", param="metrics")
         for group, q in self.percentiles:
             if not 0 <= q <= 100:
-                raise ConfigError(f"--percentile {group}:{q:g}: the percentile must lie in 0..100")
+                raise ConfigError(f"{group}:{q:g}: the percentile must lie in 0..100", param="percentiles")
 
     def check(self, metadata: Metadata) -> None:
         """Raise ConfigError if a group spec names a column the data does not have."""

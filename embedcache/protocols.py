@@ -38,20 +38,22 @@ class Protocol:
     def __post_init__(self) -> None:
         sizes = self.per_round if isinstance(self.per_round, tuple) else (self.per_round,)
         if self.seed_size < 1:
-            raise ConfigError("--seed-size must be at least 1")
-        if self.budget < 0 or not sizes or min(sizes) < 1:
-            raise ConfigError("--budget must be >= 0 and --per-round sizes >= 1")
+            raise ConfigError("must be at least 1", param="seed_size")
+        if self.budget < 0:
+            raise ConfigError("must be 0 or more", param="budget")
+        if not sizes or min(sizes) < 1:
+            raise ConfigError("every size must be at least 1", param="per_round")
         if self.pool_size is not None and self.pool_size < 1:
-            raise ConfigError("--pool-size must be at least 1")
+            raise ConfigError("must be at least 1", param="pool_size")
         largest = max(self.schedule(), default=0)
         if self.pool_size is not None and self.pool_size < largest:
-            raise ConfigError(f"--pool-size {self.pool_size} is smaller than the largest batch ({largest} per round): "
-                              "each round acquires its batch from the examples it scores, so the pool size must be "
-                              f"at least {largest}")
+            raise ConfigError(f"{self.pool_size} is smaller than the largest batch ({largest} per round): each round "
+                              "acquires its batch from the examples it scores, so the pool size must be at least "
+                              f"{largest}", param="pool_size")
         if self.eval_every < 1:
-            raise ConfigError("--eval-every must be at least 1")
+            raise ConfigError("must be at least 1", param="eval_every")
         if not self.eval_splits:
-            raise ConfigError("evaluate at least one split (--eval-split)")
+            raise ConfigError("evaluate at least one split", param="eval_splits")
 
     def schedule(self) -> list[int]:
         """Batch sizes of the acquisition rounds, summing to the budget."""

@@ -194,7 +194,7 @@ def test_one_curve_from_two_fingerprints_is_refused_unless_allowed(tmp_path):
     write_record(tmp_path / "x", "random", 0, [0.5])
     write_record(tmp_path / "y", "random", 1, [0.6], fingerprint="e" * 64)
     runs = read_runs([tmp_path / "x", tmp_path / "y"])
-    with pytest.raises(RecordError, match="2 different features.*--allow-mixed"):
+    with pytest.raises(RecordError, match="2 different features.*`allow_mixed`"):
         group_runs(runs)
     assert len(group_runs(runs, allow_mixed=True)[KEY_B]) == 2
     write_record(tmp_path / "z", "random", 1, [0.6], fingerprint="e" * 64, backbone="other")

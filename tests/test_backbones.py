@@ -22,7 +22,7 @@ def test_unknown_kind_and_model_suggest_names():
         create_backbone("resnet50")
     with pytest.raises(BackboneError, match="unknown timm model 'resnet5O'.*Did you mean"):
         create_backbone("timm:resnet5O", weights="random")
-    with pytest.raises(ConfigError, match="--max-length does not apply to timm"):
+    with pytest.raises(ConfigError, match="max_length: does not apply to timm"):
         create_backbone("timm:test_resnet", weights="random", max_length=12)
 
 
@@ -146,7 +146,7 @@ def test_hf_random_init_file_weights_and_options(tiny_bert, tmp_path):
     torch.save(pretrained.model.state_dict(), path)
     assert _same_weights(create_backbone(f"hf:{tiny_bert}", weights=str(path)).model, pretrained.model)
     assert create_backbone(f"hf:{tiny_bert}", max_length=16).preprocess()["max_length"] == 16
-    with pytest.raises(ConfigError, match="--resolution does not apply to hf"):
+    with pytest.raises(ConfigError, match="resolution: does not apply to hf"):
         create_backbone(f"hf:{tiny_bert}", resolution=64)
     with pytest.raises(BackboneError, match="cannot load hf:.*not a local model folder"):
         create_backbone(f"hf:{tmp_path / 'no-such-model'}")

@@ -127,7 +127,7 @@ def test_duplicate_ids_are_refused_with_their_names(tmp_path, arrays):
 
 def test_float16_overflow_is_an_error_not_inf(tmp_path, arrays):
     emb, meta = arrays
-    with pytest.raises(CacheError, match="float16 range.*--dtype float32"):
+    with pytest.raises(CacheError, match=r"float16 range; store them as float32 \(`dtype`\)"):
         EmbeddingCache.write(tmp_path / "c.h5", emb * 1e6, meta, recipe=recipe(dtype="float16"))
 
 
@@ -149,7 +149,7 @@ def test_wrong_schema_and_non_hdf5_files_are_refused(tmp_path, arrays):
 def test_existing_file_is_never_replaced_without_overwrite(tmp_path, arrays):
     emb, meta = arrays
     path = EmbeddingCache.write(tmp_path / "c.h5", emb, meta, recipe=recipe())
-    with pytest.raises(CacheError, match="already exists; pass --overwrite"):
+    with pytest.raises(CacheError, match="already exists; pass `overwrite`"):
         EmbeddingCache.write(path, emb[::-1].copy(), meta, recipe=recipe())
     with EmbeddingCache(path) as c:
         np.testing.assert_array_equal(c.embeddings(), emb)

@@ -146,7 +146,7 @@ def test_missing_file_is_reported_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["--backbone", "timm:not_a_model", "--weights", "random"], "unknown timm model 'not_a_model'"),
     (["--backbone", "nope:x"], "unknown backbone kind 'nope'"),
-    (["--backbone", "timm:test_resnet", "--weights", "missing.npz"], "--weights 'missing.npz'"),
+    (["--backbone", "timm:test_resnet", "--weights", "missing.npz"], "--weights: 'missing.npz': not 'pretrained'"),
 ])
 def test_bad_backbone_options(image_folder, tmp_path, args, expected):
     out = tmp_path / "c.h5"
@@ -212,9 +212,9 @@ def test_shard_bounds_are_checked(tmp_path):
     write_image_manifest(tmp_path / "data", n=6)
     data = create_dataset("manifest", tmp_path / "data")
     backbone = create_backbone("timm:test_resnet", weights="random", resolution=32)
-    with pytest.raises(ConfigError, match="--shard 2/2: need 0 <= I < N"):
+    with pytest.raises(ConfigError, match="shard: 2/2: need 0 <= I < N"):
         extract(data, backbone, tmp_path / "x.h5", ExtractOptions(shard=(2, 2)))
-    with pytest.raises(ConfigError, match="--shard 0/8 is empty"):
+    with pytest.raises(ConfigError, match="shard: 0/8 is empty"):
         extract(data, backbone, tmp_path / "x.h5", ExtractOptions(shard=(0, 8)))
     assert not (tmp_path / "x.h5").exists()
 
@@ -285,10 +285,10 @@ def test_an_older_version_killed_while_dropping_skipped_rows_is_refused(tmp_path
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--shard", "3/2"], "--shard 3/2: need 0 <= I < N"),
+    (["--shard", "3/2"], "Error: --shard: 3/2: need 0 <= I < N"),
     (["--shard", "x"], "expected I/N"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--batch-size", "0"], "Error: --batch-size: must be at least 1"),
+    (["--workers", "-1"], "Invalid value for '--workers': -1 is not in the range x>=0"),
     (["--amp", "fp8"], "'fp8' is not one of"),
     (["--dtype", "int8"], "'int8' is not one of"),
     (["--device", "tpu:0"], "--device"),
@@ -319,3 +319,16 @@ def test_merge_and_info_errors_write_nothing(tmp_path):
     assert "no such cache file" in _error(["info", tmp_path / "nope.h5"], tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("s*.h5")} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "s0.h5", "s1.h5"]
+
+
+def test_amp_means_the_same_as_in_al():
+    """auto is bf16 on CUDA and none on the CPU; "none" and None are no autocast; the recipe records the result."""
+    import torch
+
+    from embedcache.extract import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert [resolve_amp(a, cpu) for a in ("auto", "none", None, "bf16", "fp16")] == [None, None, None, "bf16", "fp16"]
+    with pytest.raises(ConfigError, match="'fp8': expected one of auto, bf16, fp16, none") as e:
+        resolve_amp("fp8", cpu)
+    assert e.value.param == "amp"

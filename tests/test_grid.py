@@ -111,13 +111,13 @@ def test_read_only_folders_are_named_and_finished_records_there_are_confirmed(tm
         assert again.returncode == 0 and "4 of 4 runs complete" in again.stdout, again.stderr
 
         more = _bound_by_permissions(*args, "--seeds", "0-2", "--out", runs)
-        assert more.returncode == 1 and more.stderr.count("\n") == 1, more.stderr
+        assert more.returncode == 2 and more.stderr.count("\n") == 1, more.stderr  # a ConfigError: usage
         assert more.stderr.startswith(f"Error: cannot write run records in {runs} (Permission denied")
 
         for out in (runs / "report", locked):  # a folder to make in a read-only one; a read-only one
-            report = _bound_by_permissions("report", runs, "--out", out)
-            assert report.returncode == 1 and report.stderr.count("\n") == 1, report.stderr
-            assert report.stderr.startswith(f"Error: --out {out}: cannot write there (Permission denied)")
+            report = _bound_by_permissions("report", "--runs", runs, "--out", out)
+            assert report.returncode == 2 and report.stderr.count("\n") == 1, report.stderr
+            assert report.stderr.startswith(f"Error: --out: {out}: cannot write there (Permission denied)")
         assert {p.name: p.read_bytes() for p in runs.iterdir()} == before and not any(locked.iterdir())
     finally:
         runs.chmod(0o755)

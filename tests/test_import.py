@@ -66,11 +66,12 @@ def run_import(embeddings, metadata, out, *extra):
     return result
 
 
-def import_error(tmp_path, embeddings, metadata, *extra) -> str:
+def import_error(tmp_path, embeddings, metadata, *extra, code: int = 1) -> str:
+    """The one-line error of a refused import: exit status 1 for bad data, 2 (`code`) for a usage error."""
     out = tmp_path / "refused.h5"
     result = cli("import", "--embeddings", embeddings, "--metadata", metadata, "--model", MODEL, "--out", out,
                  "--quiet", *extra)
-    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert result.exit_code == code and result.output.startswith("Error: "), result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not out.exists()
     return result.output
@@ -114,7 +115,8 @@ def test_npy_npz_and_parquet_imports_run_al_and_report_identically(data, tmp_pat
                  "--seed-size", "20", "--per-round", "5", "--budget", "20", "--eval-split", "val", "--group",
                  "label*place", "--out", runs, "--quiet")
         assert al.exit_code == 0 and "4 of 4 runs complete" in al.output, al.output
-        report = cli("report", runs, "--out", tmp_path / f"report-{name}", "--group", "label*place", "--quiet")
+        report = cli("report", "--runs", runs, "--out", tmp_path / f"report-{name}", "--group", "label*place",
+                     "--quiet")
         assert report.exit_code == 0, report.output
         summary = json.loads((tmp_path / f"report-{name}" / "summary.json").read_text())
         assert {c["strategy"] for c in summary["curves"]} == {"least-confidence", "random"}
@@ -201,7 +203,7 @@ def test_bad_vectors_are_one_line_errors_naming_the_culprit(data, tmp_path):
         tmp_path, tmp_path / "huge.npy", metadata, "--dtype", "float16")
     np.savez(tmp_path / "two.npz", a=x, b=x)
     assert "holds the arrays ['a', 'b']; name the one with the vectors with --vectors" in import_error(
-        tmp_path, tmp_path / "two.npz", metadata)
+        tmp_path, tmp_path / "two.npz", metadata, code=2)
     np.savez(tmp_path / "fortran.npz", v=np.asfortranarray(x))
     assert "Fortran (column-major) order" in import_error(tmp_path, tmp_path / "fortran.npz", metadata)
     ragged = list(x)
@@ -235,8 +237,8 @@ def test_bad_metadata_and_ids_are_one_line_errors_naming_rows(data, tmp_path):
         tmp_path, vectors, write_csv(tmp_path / "m.csv", typo))
     assert "no id column 'id'" in import_error(tmp_path, vectors, write_csv(tmp_path / "m.csv", rows,
                                                                              ["label", "split"]))
-    assert "--group colour: not a group column" in import_error(tmp_path, vectors, write_csv(tmp_path / "m.csv", rows),
-                                                                "--group", "colour")
+    assert "--group: colour: not a group column" in import_error(tmp_path, vectors, write_csv(tmp_path / "m.csv", rows),
+                                                                 "--group", "colour", code=2)
     ids = np.array([r["id"] for r in rows])
     ids[10] = "stranger"
     np.savez(tmp_path / "ids.npz", v=x, id=ids)
@@ -257,14 +259,14 @@ def test_an_existing_out_is_never_replaced_without_overwrite(data, tmp_path):
     out = tmp_path / "c.h5"
     out.write_bytes(b"precious")
     result = cli("import", "--embeddings", tmp_path / "v.npy", "--metadata", metadata, "--model", MODEL, "--out", out)
-    assert result.exit_code == 1 and "already exists; pass --overwrite" in result.output
+    assert result.exit_code == 1 and "already exists; pass --overwrite" in result.output, result.output
     assert out.read_bytes() == b"precious"
     run_import(tmp_path / "v.npy", metadata, out, "--overwrite")
     with EmbeddingCache(out) as cache:
         assert cache.complete and cache.n_rows == 600
     result = cli("import", "--embeddings", tmp_path / "v.npy", "--metadata", metadata, "--model", MODEL, "--out",
                  metadata, "--overwrite")
-    assert result.exit_code == 1 and "is the input file" in result.output
+    assert result.exit_code == 2 and "Error: --out: " in result.output and "is the input file" in result.output
 
 
 # ---------------------------------------------------------------------------------------------- bounded memory

@@ -45,11 +45,11 @@ def sklearn_neighbors(X, k, metric):
     return nn.fit(X).kneighbors()
 
 
-@pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_exact_knn_equals_sklearn_brute_force(metric):
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+def test_exact_knn_equals_sklearn_brute_force(distance):
     X = np.random.default_rng(0).standard_normal((500, 24)).astype(np.float32)
-    graph, _ = graph_of(X, k=7, metric=metric, block_rows=64)
-    distances, indices = sklearn_neighbors(X, 7, metric)
+    graph, _ = graph_of(X, k=7, distance=distance, block_rows=64)
+    distances, indices = sklearn_neighbors(X, 7, distance)
     assert [set(row) for row in graph.neighbors.tolist()] == [set(row) for row in indices.tolist()]
     np.testing.assert_allclose(graph.distances, distances, rtol=1e-4, atol=1e-5)
 
@@ -82,7 +82,7 @@ def test_label_agreement_by_hand():
     X = np.array([[0, 0], [1, 0], [2.5, 0], [10, 0], [11, 0], [13, 0], [100, 0]], dtype=np.float32)
     labels = np.array([0, 0, 1, 1, 1, 1, -1])
     place = np.array([0, 0, 0, 1, 1, 1, 1])
-    graph, _ = graph_of(X, k=2, metric="l2")
+    graph, _ = graph_of(X, k=2, distance="l2")
     result = label_agreement(graph.neighbors, labels, {"label": (labels, ("a", "b")), "place": (place, ("x", "y"))})
     assert result["overall"] == {"agreement": pytest.approx(4 / 6), "n": 6}
     assert result["by"]["label"] == {"a": {"agreement": 0.5, "n": 2}, "b": {"agreement": 0.75, "n": 4}}
@@ -102,10 +102,10 @@ def duplicate_cache(tmp_path):
     return EmbeddingCache.write(tmp_path / "dup.h5", X, meta, recipe=recipe())
 
 
-@pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_planted_duplicates_are_found(tmp_path, metric):
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+def test_planted_duplicates_are_found(tmp_path, distance):
     with EmbeddingCache(duplicate_cache(tmp_path)) as cache:
-        report = analyze(cache, NeighborOptions(k=5, metric=metric, duplicate_threshold=0.99))
+        report = analyze(cache, NeighborOptions(k=5, distance=distance, duplicate_threshold=0.99))
     pairs = {(p["id_a"], p["id_b"]): p for p in report.duplicates}
     assert set(pairs) == {("r5", "r250"), ("r10", "r20"), ("r260", "r270")}
     assert pairs[("r5", "r250")]["exact"] and not pairs[("r10", "r20")]["exact"] and not pairs[("r260", "r270")]["exact"]
@@ -196,12 +196,12 @@ def test_runs_of_another_cache_are_refused(tmp_path):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(k=0), "k must be a positive integer"),
-        (dict(metric="manhattan"), "unknown metric 'manhattan'"),
+        (dict(k=0), "k: must be a positive integer"),
+        (dict(distance="manhattan"), "distance: unknown distance 'manhattan'"),
         (dict(ivf_nlist=1000), "use at most one list per row"),
         (dict(splits=("test",)), "unknown split 'test'"),
-        (dict(duplicate_threshold=2.0), "duplicate threshold"),
-        (dict(device="tpu"), "unknown device 'tpu'"),
+        (dict(duplicate_threshold=2.0), r"duplicate_threshold: a cosine similarity lies in \[-1, 1\]"),
+        (dict(device="tpu"), "device: 'tpu': expected auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path, options, message):
@@ -221,17 +221,23 @@ def test_neighbors_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert "kNN label agreement" in result.output and "| entropy | 1 | 2 |" in result.output
     assert {p.name for p in out.iterdir()} == {"summary.json", "summary.md", "knn.npz", "knn_nodes.csv",
-                                              "duplicates.csv"}
+                                              "duplicates.csv", ".embedcache-output.json"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["nodes"] == 300 and summary["k"] == 4 and summary["splits"] == ["train"]
-    bad = CliRunner().invoke(main, ["neighbors", str(path), "--out", str(out), "--ivf", "0"])
-    assert bad.exit_code == 1 and "Error: --ivf NLIST must be a positive number" in bad.output
+    bad = CliRunner().invoke(main, ["neighbors", str(path), "--out", str(tmp_path / "other"), "--ivf", "0"])
+    assert bad.exit_code == 2 and "Error: --ivf: must be a positive number of lists, got 0" in bad.output
+    again = CliRunner().invoke(main, ["neighbors", str(path), "--out", str(out), "--quiet"])
+    assert again.exit_code == 2 and "holds an earlier `neighbors` output; pass --overwrite" in again.output
+    assert json.loads((out / "summary.json").read_text()) == summary
+    replaced = CliRunner().invoke(main, ["neighbors", str(path), "--out", str(out), "--quiet", "--overwrite",
+                                         "--distance", "l2"])
+    assert replaced.exit_code == 0 and json.loads((out / "summary.json").read_text())["distance"] == "l2"
 
 
 @pytest.mark.skipif(hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0, reason="a GPU is present")
 def test_gpu_search_without_faiss_gpu_says_why(tmp_path):
-    with pytest.raises(ConfigError, match="device 'gpu' needs faiss-gpu"):
-        graph_of(np.eye(4, dtype=np.float32), k=1, device="gpu")
+    with pytest.raises(ConfigError, match="'cuda' needs faiss-gpu"):
+        graph_of(np.eye(4, dtype=np.float32), k=1, device="cuda")
     assert graph_of(np.eye(4, dtype=np.float32), k=1, device="auto")[0].neighbors.shape == (4, 1)
 
 
@@ -240,8 +246,8 @@ def test_gpu_search_without_faiss_gpu_says_why(tmp_path):
                     reason="needs faiss-gpu and a CUDA GPU")
 def test_faiss_gpu_equals_cpu():
     X = np.random.default_rng(6).standard_normal((2000, 64)).astype(np.float32)
-    for metric in ("cosine", "l2"):
-        cpu, _ = graph_of(X, k=8, metric=metric, device="cpu")
-        gpu, _ = graph_of(X, k=8, metric=metric, device="gpu")
+    for distance in ("cosine", "l2"):
+        cpu, _ = graph_of(X, k=8, distance=distance, device="cpu")
+        gpu, _ = graph_of(X, k=8, distance=distance, device="cuda")
         assert [set(r) for r in gpu.neighbors.tolist()] == [set(r) for r in cpu.neighbors.tolist()]
         np.testing.assert_allclose(gpu.distances, cpu.distances, rtol=1e-3, atol=1e-4)

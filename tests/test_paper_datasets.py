@@ -90,11 +90,11 @@ def test_amazon_follows_the_wilds_user_split(tmp_path):
     meta = data.metadata
     splits = [int(r["split"]) for r in read_rows(folder / "splits/user.csv")]
     with open(folder / "reviews.csv", newline="") as f:
-        reviews = list(csv.DictReader(f, quoting=csv.QUOTE_NONNUMERIC))
+        reviews = list(csv.DictReader(f))
     kept = [i for i, s in enumerate(splits) if s != -1]
     assert meta.ids.tolist() == [str(i) for i in kept] and len(kept) == 16
     assert data.inputs == [reviews[i]["reviewText"] for i in kept] and "\na second line" in data.inputs[0]
-    assert meta.label.tolist() == [int(reviews[i]["overall"]) - 1 for i in kept]
+    assert meta.label.tolist() == [int(float(reviews[i]["overall"])) - 1 for i in kept]
     names = ("train", "val", "id_val", "test", "id_test")
     assert [meta.split_names[c] for c in meta.split] == [names[splits[i]] for i in kept]
     assert [meta.group_names["user"][c] for c in meta.groups["user"]] == [reviews[i]["reviewerID"] for i in kept]
@@ -252,7 +252,7 @@ def cub_places(tmp_path_factory):
 
 def test_waterbirds_builder_exact_shares_and_reproducible(tmp_path, cub_places):
     cub, places = cub_places
-    record = build_waterbirds(WaterbirdsBuild(cub, places, tmp_path / "wb80", matched=0.8, seed=3, workers=2))
+    record = build_waterbirds(WaterbirdsBuild(cub, places, tmp_path / "wb80", matched=0.8, seed=3, threads=2))
     data = create_dataset("waterbirds-variant", tmp_path / "wb80")
     meta = data.metadata
     assert meta.split_names == ("train", "val", "test") and len(meta) == 60
@@ -277,7 +277,7 @@ def test_waterbirds_builder_exact_shares_and_reproducible(tmp_path, cub_places):
     assert image.shape == (20, 24, 3)
     assert abs(image[10, 12] - (220, 20, 20)).max() < 30 and image[1, 1, 2] > 150  # bird inside, background out
 
-    build_waterbirds(WaterbirdsBuild(cub, places, tmp_path / "again", matched=0.8, seed=3, workers=1))
+    build_waterbirds(WaterbirdsBuild(cub, places, tmp_path / "again", matched=0.8, seed=3, threads=1))
     for path in sorted(p for p in (tmp_path / "wb80").rglob("*") if p.is_file() and p.name != "build.json"):
         assert path.read_bytes() == (tmp_path / "again" / path.relative_to(tmp_path / "wb80")).read_bytes(), path
     build_waterbirds(WaterbirdsBuild(cub, places, tmp_path / "seed4", matched=0.8, seed=4))
@@ -294,9 +294,15 @@ def test_waterbirds_variants_of_one_seed_share_val_and_test(tmp_path, cub_places
     half, full = read_rows(tmp_path / "wb50/metadata.csv"), read_rows(tmp_path / "wb100/metadata.csv")
     assert [r for r in half if r["split"] != "0"] == [r for r in full if r["split"] != "0"]
     assert all(r["place"] == r["y"] for r in full if r["split"] == "0")
+    before = read_rows(tmp_path / "wb50/metadata.csv")
     refused = cli("datasets", "build-waterbirds", "--cub", cub, "--places", places, "--matched", "0.9", "--out",
                   tmp_path / "wb50", ok=False)
-    assert "exists and is not empty; pass --overwrite" in refused.output
+    assert refused.exit_code == 2 and "holds an earlier `datasets build-waterbirds` output; pass --overwrite" \
+        in refused.output
+    assert read_rows(tmp_path / "wb50/metadata.csv") == before
+    cli("datasets", "build-waterbirds", "--cub", cub, "--places", places, "--matched", "0.9", "--out",
+        tmp_path / "wb50", "--overwrite", "--quiet")
+    assert read_rows(tmp_path / "wb50/metadata.csv") != before
     with pytest.raises(DatasetError, match="build.json: not found; 'waterbirds-variant' reads a folder"):
         create_dataset("waterbirds-variant", write_waterbirds(tmp_path / "release", per_group=1))
 
@@ -308,7 +314,7 @@ def test_waterbirds_builder_input_errors(tmp_path, cub_places):
     small = write_cub_and_places(tmp_path / "small", per_species=1, backgrounds=2)[1]
     with pytest.raises(DatasetError, match=r"2 b/bamboo_forest \+ f/forest/broadleaf images for \d+ birds"):
         build_waterbirds(WaterbirdsBuild(cub, small, tmp_path / "out"))
-    with pytest.raises(ConfigError, match="--matched 1.5"):
+    with pytest.raises(ConfigError, match="matched: 1.5: give a share"):
         WaterbirdsBuild(cub, places, tmp_path / "out", matched=1.5)
     broken = tmp_path / "small/CUB_200_2011"
     next((broken / "segmentations").rglob("*.png")).unlink()

@@ -59,7 +59,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
     holder = _hold(finished)
     try:
         assert len(read_runs([out])) == 4  # readers never need the lock
-        result = CliRunner().invoke(main, ["repair", str(finished)])
+        result = CliRunner().invoke(main, ["repair", "--runs", str(finished)])
         assert result.exit_code == 1 and f"is being written by pid {holder.pid}" in result.output
     finally:
         holder.stdin.close()
@@ -96,14 +96,14 @@ def test_a_broken_line_names_run_and_line_and_repair_resumes_the_run(grid, tmp_p
     shutil.copytree(reference, out)
     record = record_path(out, "margin", 0)
     broken = _break(record, 3, '{"type":"round","round":1,"n_lab{"type":"round","round":2')  # two writers' lines
-    for command in ([*args, "--out", str(out)], ["report", str(out), "--out", str(tmp_path / "report")]):
+    for command in ([*args, "--out", str(out)], ["report", "--runs", str(out), "--out", str(tmp_path / "report")]):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
         assert result.output.startswith(f"Error: {record}, line 3: not JSON (")
         assert (f"Recover with `embedcache repair {record}`: it keeps the lines before this one and saves the "
                 "original beside it; the header and round 0 before it are intact, and the run resumes at round 1"
                 in result.output)
-    result = CliRunner().invoke(main, ["repair", str(out)])
+    result = CliRunner().invoke(main, ["repair", "--runs", str(out)])
     assert result.exit_code == 0, result.output
     assert (f"{record}: line 3: not JSON" in result.output and "kept the header and round 0, dropped 2 line(s) "
             f"(the original is saved as {record}.broken); rerun the same `embedcache al` command to resume at "
@@ -124,7 +124,7 @@ def test_a_broken_header_is_moved_aside_and_its_run_starts_over(grid, tmp_path):
     broken = _break(record, 1, '{"type":"head')
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 1 and "the header is lost, so the run starts again from round 0" in result.output
-    result = CliRunner().invoke(main, ["repair", str(record)])
+    result = CliRunner().invoke(main, ["repair", "--runs", str(record)])
     assert result.exit_code == 0 and (f"no intact header, so the record was moved to {record}.broken; rerunning "
                                       "`embedcache al` starts this run again from round 0") in result.output
     assert not record.exists() and (out / (record.name + ".broken")).read_bytes() == broken

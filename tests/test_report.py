@@ -87,11 +87,15 @@ def test_report_shows_least_confidence_upsampling_the_mismatched_groups(runs, tm
 
 def test_report_twice_gives_the_same_summary_json(runs, tmp_path):
     runner = CliRunner()
-    first = runner.invoke(main, ["report", str(runs[0]), str(runs[1]), "--out", str(tmp_path / "r"), "--quiet"])
+    first = runner.invoke(main, ["report", "--runs", str(runs[0]), "--runs", str(runs[1]), "--out",
+                                 str(tmp_path / "r"), "--quiet"])
     assert first.exit_code == 0, first.output
     before = (tmp_path / "r" / "summary.json").read_bytes()
-    # the same runs in another order, into the same (earlier report) folder
-    again = runner.invoke(main, ["report", str(runs[1]), str(runs[0]), "--out", str(tmp_path / "r"), "--quiet"])
+    # the same runs in another order, into the same folder: an earlier report, replaced only with --overwrite
+    args = ["report", "--runs", str(runs[1]), "--runs", str(runs[0]), "--out", str(tmp_path / "r"), "--quiet"]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 2 and "holds an earlier `report` output; pass --overwrite" in refused.output
+    again = runner.invoke(main, [*args, "--overwrite"])
     assert again.exit_code == 0, again.output
     assert (tmp_path / "r" / "summary.json").read_bytes() == before
     data = json.loads(before)
@@ -113,9 +117,9 @@ def test_report_options(runs, tmp_path):
 
 
 def test_report_says_which_interval_it_used(runs, tmp_path):
-    student = CliRunner().invoke(main, ["report", str(runs[0]), "--out", str(tmp_path / "t"), "--quiet"])
-    paper = CliRunner().invoke(main, ["report", str(runs[0]), "--out", str(tmp_path / "g"), "--ci", "gaussian",
-                                      "--quiet"])
+    student = CliRunner().invoke(main, ["report", "--runs", str(runs[0]), "--out", str(tmp_path / "t"), "--quiet"])
+    paper = CliRunner().invoke(main, ["report", "--runs", str(runs[0]), "--out", str(tmp_path / "g"), "--ci",
+                                      "gaussian", "--quiet"])
     assert student.exit_code == 0 and paper.exit_code == 0, student.output + paper.output
     t, g = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("t", "g"))
     assert (t["interval"], g["interval"]) == ("t", "gaussian")
@@ -128,13 +132,14 @@ def test_report_says_which_interval_it_used(runs, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--group", "label*bird"], "unknown group 'bird'"),
-    (["--baseline", "entropy"], "--baseline 'entropy': no runs of that strategy"),
-    (["--split", "test"], "--split 'test'"),
-    (["--metric", "f1"], "--metric 'f1' is not recorded"),
+    (["--baseline", "entropy"], "--baseline: 'entropy': no runs of that strategy"),
+    (["--split", "test"], "--split: 'test'"),
+    (["--metric", "f1"], "--metric: 'f1' is not recorded"),
 ])
 def test_report_bad_options_are_one_line_errors(runs, tmp_path, args, message):
-    result = CliRunner().invoke(main, ["report", str(runs[0]), "--out", str(tmp_path / "r"), *args])
-    assert result.exit_code == 1 and result.output.startswith("Error: ") and message in result.output, result.output
+    result = CliRunner().invoke(main, ["report", "--runs", str(runs[0]), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and result.output.startswith("Error: ") and message in result.output, result.output
+    assert result.output.count("\n") == 1
     assert not (tmp_path / "r").exists()  # nothing written before the input is checked
 
 
@@ -145,20 +150,28 @@ def test_report_refuses_mixed_features_empty_folders_and_foreign_out_folders(run
     other = EmbeddingCache.write(tmp_path / "other.h5", x, meta,
                                  recipe=recipe(spec="synthetic:pre", weights={"source": "pretrained", "seed": 1}))
     run_grid(LinearExperiment(other), SMALL.replace(budget=10), ["random"], [7], tmp_path / "other")
-    mixed = runner.invoke(main, ["report", str(runs[0]), str(tmp_path / "other"), "--out", str(tmp_path / "m")])
-    assert mixed.exit_code == 1 and "different features" in mixed.output and "--allow-mixed" in mixed.output
-    allowed = runner.invoke(main, ["report", str(runs[0]), str(tmp_path / "other"), "--out", str(tmp_path / "m"),
-                                   "--allow-mixed", "--quiet"])
+    both = ["--runs", str(runs[0]), "--runs", str(tmp_path / "other")]
+    mixed = runner.invoke(main, ["report", *both, "--out", str(tmp_path / "m")])
+    assert mixed.exit_code == 1 and "different features" in mixed.output and "pass --allow-mixed" in mixed.output
+    allowed = runner.invoke(main, ["report", *both, "--out", str(tmp_path / "m"), "--allow-mixed", "--quiet"])
     assert allowed.exit_code == 0, allowed.output
     curve = next(c for c in json.loads((tmp_path / "m" / "summary.json").read_text())["curves"]
                  if c["strategy"] == "random")
     assert curve["seeds"] == [0, 1, 2, 7] and len(curve["fingerprints"]) == 2
     (tmp_path / "empty").mkdir()
-    empty = runner.invoke(main, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "e")])
+    empty = runner.invoke(main, ["report", "--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "e")])
     assert empty.exit_code == 1 and "no run records" in empty.output
-    foreign = runner.invoke(main, ["report", str(runs[0]), "--out", str(runs[1])])
-    assert foreign.exit_code == 1 and "holds files this command does not write (e.g. least-confidence-seed0.jsonl)" \
-        in foreign.output
+    before = {p.name: p.read_bytes() for p in runs[1].iterdir()}
+    for overwrite in ([], ["--overwrite"]):  # a runs folder is never a report's, --overwrite or not
+        foreign = runner.invoke(main, ["report", "--runs", str(runs[0]), "--out", str(runs[1]), *overwrite])
+        assert foreign.exit_code == 2 and ("holds files this command did not write (e.g. least-confidence-seed0.jsonl)"
+                                           in foreign.output), foreign.output
+    assert {p.name: p.read_bytes() for p in runs[1].iterdir()} == before
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my own summary")
+    refused = runner.invoke(main, ["report", "--runs", str(runs[0]), "--out", str(mine), "--overwrite"])
+    assert refused.exit_code == 2 and (mine / "summary.md").read_text() == "my own summary"
 
 
 # ---------------------------------------------------------------------- separability
@@ -229,10 +242,14 @@ def test_tsne_draws_the_first_acquisitions_as_stars(caches, runs, tmp_path):
     assert len(points) == 300 and sorted(p["id"] for p in points if p["starred"] == "1") == sorted(first)
     assert {p["place"] for p in points} == {"land", "water"}
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 1 and "exists; pass --overwrite" in again.output
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.output
+    assert CliRunner().invoke(main, [*args, "--overwrite", "--seed", "1"]).exit_code == 0
+    with open(out.with_suffix(".csv")) as f:
+        assert list(csv.DictReader(f)) != points  # replaced, both files
     several = CliRunner().invoke(main, [*args[:4], "--out", str(tmp_path / "x.png")])
-    assert several.exit_code == 1 and "choose one with --strategy" in several.output
+    assert several.exit_code == 2 and "choose one with --strategy" in several.output
     other = CliRunner().invoke(main, ["tsne", str(caches[1]), "--runs", str(runs[0]), "--out", str(tmp_path / "y.png")])
     assert other.exit_code == 1 and "was made on this cache" in other.output
     style = CliRunner().invoke(main, ["tsne", str(caches[0]), "--style", "bird", "--out", str(tmp_path / "z.png")])
-    assert style.exit_code == 1 and "unknown group 'bird'" in style.output
+    assert style.exit_code == 2 and "unknown group 'bird'" in style.output
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == []  # nothing written by the refused ones

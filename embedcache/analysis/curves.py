@@ -57,7 +57,7 @@ def group_runs(runs: Sequence[Run], allow_mixed: bool = False) -> dict[CurveKey,
         if len(example) > 1 and not allow_mixed:
             listed = "; ".join(f"{path} (fingerprint {f[:12]}, dataset {d[:40]})" for (f, d), path in example.items())
             raise RecordError(f"runs of {key.strategy!r} on {key.backbone!r} come from {len(example)} different "
-                              f"features: {listed}. Report them separately, or pass --allow-mixed to pool them "
+                              f"features: {listed}. Report them separately, or pass `allow_mixed` to pool them "
                               "into one curve")
         seen: dict[tuple, Run] = {}
         for run in members:
@@ -96,7 +96,7 @@ def check_split(runs: Sequence[Run], split: str) -> None:
     for run in runs:
         if not any(split in r.metrics for r in run.rounds):
             found = evaluated_splits([run]) or "nothing"
-            raise ConfigError(f"--split {split!r}: {run.path} has no metrics for it (it evaluated {found})")
+            raise ConfigError(f"{split!r}: {run.path} has no metrics for it (it evaluated {found})", param="split")
 
 
 @dataclasses.dataclass

@@ -13,18 +13,18 @@ What they tell a user:
 
 The index holds the rows of the chosen splits (default: all) and is built block by block from the
 cache: blocks are added, then searched, so the embeddings sit in memory once (inside the index).
-Exact search uses IndexFlatIP on L2-normalised vectors (metric "cosine", distance 1 - cos) or
-IndexFlatL2 (metric "l2", Euclidean distance); `ivf_nlist` swaps in IndexIVFFlat for very large
-caches, and a faiss-gpu index is used when faiss-gpu sees a GPU (`device`). Near duplicates are looked for among each row's
-`duplicate_neighbors` nearest rows, found in the same search as the graph.
+Exact search uses IndexFlatIP on L2-normalised vectors (distance "cosine": 1 - cos) or IndexFlatL2
+(distance "l2": Euclidean); `ivf_nlist` swaps in IndexIVFFlat for very large caches, and a faiss-gpu
+index is used on a CUDA `device` ("auto": when faiss-gpu sees a GPU). Near duplicates are looked for
+among each row's `duplicate_neighbors` nearest rows, found in the same search as the graph.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,9 +33,11 @@ import numpy as np
 from embedcache.errors import ConfigError
 from embedcache.kernels.pool import Pool, as_pool, to_host
 from embedcache.metadata import LABEL, Metadata
+from embedcache.outputs import OutputFolder, write_csv
 
-METRICS = ("cosine", "l2")
-DEVICES = ("auto", "cpu", "gpu")
+DISTANCES = ("cosine", "l2")
+#: Columns of duplicates.csv (also its header when there are no pairs).
+DUPLICATE_COLUMNS = ("id_a", "id_b", "split_a", "split_b", "cosine", "exact")
 _BLOCK_BYTES = 1 << 26
 _EXAMPLES = 20
 
@@ -45,7 +47,7 @@ class NeighborOptions:
     """How to build the neighbour index and what to look for."""
 
     k: int = 10
-    metric: str = "cosine"
+    distance: str = "cosine"
     #: Rows of these splits form the graph (empty: every row).
     splits: tuple[str, ...] = ()
     #: IndexIVFFlat with this many lists (approximate, for very large caches) instead of exact search.
@@ -55,7 +57,7 @@ class NeighborOptions:
     duplicate_threshold: float = 0.99
     #: How many nearest rows of each row are checked for duplicates.
     duplicate_neighbors: int = 32
-    #: "auto" (a faiss-gpu index when faiss-gpu sees a GPU), "cpu" or "gpu".
+    #: "auto" (a faiss-gpu index when faiss-gpu sees a GPU), "cpu", "cuda" or "cuda:N".
     device: str = "auto"
     block_rows: int | None = None
     seed: int = 0
@@ -64,15 +66,16 @@ class NeighborOptions:
         for name in ("k", "nprobe", "duplicate_neighbors"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"unknown metric {self.metric!r}; choose one of {list(METRICS)}")
+                raise ConfigError(f"must be a positive integer, got {value!r}", param=name)
+        if self.distance not in DISTANCES:
+            raise ConfigError(f"unknown distance {self.distance!r}; choose one of {list(DISTANCES)}", param="distance")
         if self.ivf_nlist is not None and self.ivf_nlist < 1:
-            raise ConfigError(f"--ivf NLIST must be a positive number of lists, got {self.ivf_nlist}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}; choose one of {list(DEVICES)}")
+            raise ConfigError(f"must be a positive number of lists, got {self.ivf_nlist}", param="ivf_nlist")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ConfigError(f"{self.device!r}: expected auto, cpu, cuda or cuda:N", param="device")
         if not -1.0 <= self.duplicate_threshold <= 1.0:
-            raise ConfigError(f"duplicate threshold is a cosine similarity in [-1, 1], got {self.duplicate_threshold}")
+            raise ConfigError(f"a cosine similarity lies in [-1, 1], got {self.duplicate_threshold}",
+                              param="duplicate_threshold")
 
 
 def _faiss():
@@ -90,7 +93,7 @@ class KnnGraph:
     rows: np.ndarray  # [n] int64 rows of the source, one per node
     neighbors: np.ndarray  # [n, k] int64 node positions, -1 where fewer were found (IVF)
     distances: np.ndarray  # [n, k] float32: 1 - cosine, or Euclidean distance
-    metric: str
+    distance: str
 
     def to_csr(self):
         """The graph as a scipy.sparse CSR matrix [n, n] with distances as data, nearest first per row."""
@@ -103,13 +106,13 @@ class KnnGraph:
 
 
 class NeighborIndex:
-    """A FAISS index over some rows of a pool (array or cache), with the vectors prepared for its metric."""
+    """A FAISS index over some rows of a pool (array or cache), with the vectors prepared for its distance."""
 
-    def __init__(self, index, rows: np.ndarray, n_source: int, metric: str, norms: np.ndarray):
+    def __init__(self, index, rows: np.ndarray, n_source: int, distance: str, norms: np.ndarray):
         self.index = index
         self.rows = rows
-        self.metric = metric
-        self.norms = norms  # [n] L2 norms of the raw vectors, for cosines under metric l2
+        self.distance = distance
+        self.norms = norms  # [n] L2 norms of the raw vectors, for cosines under the l2 distance
         self.position = np.full(n_source, -1, dtype=np.int64)
         self.position[rows] = np.arange(len(rows))
 
@@ -120,38 +123,40 @@ class NeighborIndex:
         faiss = _faiss()
         options.validate()
         d, n = pool.dim, len(rows)
-        metric = faiss.METRIC_INNER_PRODUCT if options.metric == "cosine" else faiss.METRIC_L2
+        metric = faiss.METRIC_INNER_PRODUCT if options.distance == "cosine" else faiss.METRIC_L2
         if options.ivf_nlist is None:
             index = faiss.IndexFlat(d, metric)
         else:
             if options.ivf_nlist > n:
-                raise ConfigError(f"--ivf {options.ivf_nlist} lists for {n} rows: use at most one list per row")
+                raise ConfigError(f"{options.ivf_nlist} lists for {n} rows: use at most one list per row",
+                                  param="ivf_nlist")
             index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, options.ivf_nlist, metric)
             sample = np.random.default_rng(options.seed).choice(n, min(n, 256 * options.ivf_nlist), replace=False)
-            index.train(prepare(pool.take(np.sort(rows[sample])), options.metric))
+            index.train(prepare(pool.take(np.sort(rows[sample])), options.distance))
             index.nprobe = options.nprobe
-        if use_gpu(options.device):
+        gpu = gpu_index(options.device)
+        if gpu is not None:
             resources = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(resources, 0, index)
+            index = faiss.index_cpu_to_gpu(resources, gpu, index)
             index.referenced_objects = [resources]
         norms = np.empty(n, dtype=np.float32)
         done = 0
         for _, block in pool.chunks(rows, block_rows(pool.dim, options)):
             vectors = prepare(to_host(block), "l2")  # a float32 copy, normalised below for cosine
             norms[done:done + len(vectors)] = np.linalg.norm(vectors, axis=1)
-            if options.metric == "cosine":
+            if options.distance == "cosine":
                 faiss.normalize_L2(vectors)
             index.add(vectors)
             done += len(vectors)
             if progress is not None:
                 progress(done, 2 * n)
-        return cls(index, rows, pool.n_rows, options.metric, norms)
+        return cls(index, rows, pool.n_rows, options.distance, norms)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(node positions [m, k], distances [m, k]) of the k nearest nodes to raw vectors."""
         found = min(k, len(self.rows))
-        scores, ids = self.index.search(prepare(vectors, self.metric), found)
-        if self.metric == "cosine":
+        scores, ids = self.index.search(prepare(vectors, self.distance), found)
+        if self.distance == "cosine":
             distances = np.maximum(1.0 - scores, 0.0)
         else:
             distances = np.sqrt(np.maximum(scores, 0.0))
@@ -160,7 +165,7 @@ class NeighborIndex:
 
     def cosines(self, vectors: np.ndarray, ids: np.ndarray, distances: np.ndarray) -> np.ndarray:
         """Cosine similarity of each vector to its found nodes (from the search's distances)."""
-        if self.metric == "cosine":
+        if self.distance == "cosine":
             return 1.0 - distances
         a = np.linalg.norm(vectors, axis=1).astype(np.float64)[:, None]
         b = self.norms[np.maximum(ids, 0)].astype(np.float64)
@@ -176,23 +181,30 @@ class NeighborIndex:
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(distances, order, axis=1)
 
 
-def use_gpu(device: str) -> bool:
-    """Whether to search on the GPU: "gpu" insists (ConfigError without faiss-gpu and a GPU), "auto" asks."""
+def gpu_index(device: str) -> int | None:
+    """The GPU to search on, None for the CPU: "cuda" / "cuda:N" insist (ConfigError without faiss-gpu and
+    that GPU), "auto" takes GPU 0 when faiss-gpu sees one."""
+    if device == "cpu":
+        return None
     faiss = _faiss()
-    available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if device == "gpu" and not available:
-        raise ConfigError("device 'gpu' needs faiss-gpu (pip install faiss-gpu-cu12) and a CUDA GPU")
-    return available and device != "cpu"
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    if device == "auto":
+        return 0 if gpus else None
+    index = int(device.partition(":")[2] or 0)
+    if index >= gpus:
+        raise ConfigError(f"{device!r} needs faiss-gpu (pip install faiss-gpu-cu12) and that GPU; FAISS sees {gpus} "
+                          "GPU(s)", param="device")
+    return index
 
 
 def block_rows(dim: int, options: NeighborOptions) -> int:
     return options.block_rows or max(1, _BLOCK_BYTES // (4 * dim))
 
 
-def prepare(vectors: Any, metric: str) -> np.ndarray:
+def prepare(vectors: Any, distance: str) -> np.ndarray:
     """float32 C-contiguous copies, L2-normalised for cosine (zero vectors stay zero)."""
     vectors = np.array(vectors, dtype=np.float32, order="C", copy=True)
-    if metric == "cosine":
+    if distance == "cosine":
         _faiss().normalize_L2(vectors)
     return vectors
 
@@ -241,7 +253,7 @@ def knn_graph(pool: Pool, index: NeighborIndex, options: NeighborOptions,
     pairs = np.concatenate(pairs) if pairs else np.empty((0, 2), np.int64)
     cosines = np.concatenate(cosines) if cosines else np.empty(0)
     pairs, first = np.unique(pairs, axis=0, return_index=True)  # each pair is found from both ends
-    return KnnGraph(index.rows, neighbors, distances, options.metric), Duplicates(pairs, cosines[first], saturated)
+    return KnnGraph(index.rows, neighbors, distances, options.distance), Duplicates(pairs, cosines[first], saturated)
 
 
 def label_agreement(neighbors: np.ndarray, labels: np.ndarray,
@@ -322,11 +334,11 @@ def _point_stats(index: NeighborIndex, labels_of_nodes: np.ndarray, labels: np.n
                      ((neighbor_labels != labels[rows][:, None]) & valid).sum(axis=1) / np.maximum(valid.sum(1), 1),
                      np.nan)
     faiss = _faiss()
-    nearest = faiss.IndexFlat(vectors.shape[1], faiss.METRIC_INNER_PRODUCT if index.metric == "cosine"
+    nearest = faiss.IndexFlat(vectors.shape[1], faiss.METRIC_INNER_PRODUCT if index.distance == "cosine"
                               else faiss.METRIC_L2)
-    nearest.add(prepare(labeled_vectors, index.metric))
-    score, _ = nearest.search(prepare(vectors, index.metric), 1)
-    distance = 1.0 - score[:, 0] if index.metric == "cosine" else np.sqrt(np.maximum(score[:, 0], 0))
+    nearest.add(prepare(labeled_vectors, index.distance))
+    score, _ = nearest.search(prepare(vectors, index.distance), 1)
+    distance = 1.0 - score[:, 0] if index.distance == "cosine" else np.sqrt(np.maximum(score[:, 0], 0))
     return {"other_label_fraction": other, "nearest_labeled_distance": distance.astype(np.float64)}
 
 
@@ -415,11 +427,11 @@ def analyze(cache, options: NeighborOptions, runs: Sequence = (),
         "fingerprint": cache.fingerprint,
         "nodes": int(len(rows)),
         "dim": pool.dim,
-        "metric": options.metric,
+        "distance": options.distance,
         "k": int(graph.neighbors.shape[1]),
-        "index": ("IndexFlatIP" if options.metric == "cosine" else "IndexFlatL2") if options.ivf_nlist is None
+        "index": ("IndexFlatIP" if options.distance == "cosine" else "IndexFlatL2") if options.ivf_nlist is None
         else f"IndexIVFFlat(nlist={options.ivf_nlist}, nprobe={options.nprobe})",
-        "gpu": use_gpu(options.device),
+        "gpu": gpu_index(options.device) is not None,
         "splits": list(options.splits) or list(meta.split_names),
         "label_agreement": label_agreement(graph.neighbors, meta.label[rows], columns),
         "duplicates": duplicate_summary(table, found, options),
@@ -445,7 +457,7 @@ def render_markdown(summary: dict, *, details: bool = True) -> str:
     lines = [
         f"# Neighbours of {summary['cache']}",
         "",
-        f"{summary['nodes']} rows ({', '.join(summary['splits'])}), {summary['dim']}-d, {summary['metric']}, "
+        f"{summary['nodes']} rows ({', '.join(summary['splits'])}), {summary['dim']}-d, {summary['distance']}, "
         f"k = {summary['k']}, {summary['index']}{' on GPU' if summary['gpu'] else ''}",
         "",
         f"kNN label agreement: **{_fmt(agreement['overall']['agreement'])}** "
@@ -462,7 +474,7 @@ def render_markdown(summary: dict, *, details: bool = True) -> str:
               f"within splits: {_counts(dup['within_split'])}; across splits: {_counts(dup['across_splits'])}"]
     if dup["rows_with_more_to_check"]:
         lines.append(f"({dup['rows_with_more_to_check']} rows had only duplicates among the neighbours checked; "
-                     "raise --duplicate-neighbors to list them all)")
+                     "check more neighbours per row to list them all)")
     if details and dup["examples"]:
         lines += ["", "| id a | id b | splits | cosine | exact |", "|---|---|---|---:|---|"]
         lines += [f"| {p['id_a']} | {p['id_b']} | {p['split_a']}/{p['split_b']} | {p['cosine']:.4f} | "
@@ -482,23 +494,27 @@ def render_markdown(summary: dict, *, details: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: NeighborReport, out_dir: str | Path) -> list[Path]:
+#: The files `write_report` writes.
+REPORT_FILES = ("summary.json", "summary.md", "knn.npz", "knn_nodes.csv", "duplicates.csv")
+
+
+def neighbors_folder(out_dir: str | Path, overwrite: bool = False) -> OutputFolder:
+    """The output folder, checked (see `embedcache.outputs.OutputFolder`)."""
+    return OutputFolder(out_dir, "neighbors", overwrite)
+
+
+def write_report(report: NeighborReport, out_dir: str | Path | OutputFolder, overwrite: bool = False) -> list[Path]:
     """summary.json, summary.md, knn.npz (CSR, scipy.sparse.load_npz), knn_nodes.csv (node, row, id, split)
-    and duplicates.csv into `out_dir`."""
+    and duplicates.csv into `out_dir`: a new or empty folder, or an earlier output of this function,
+    replaced only with `overwrite` once the new one is complete. Returns the paths written."""
     from scipy.sparse import save_npz
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "summary.json", out / "summary.md", out / "knn.npz", out / "knn_nodes.csv", out / "duplicates.csv"]
-    paths[0].write_text(json.dumps(report.summary, indent=2) + "\n")
-    paths[1].write_text(render_markdown(report.summary))
-    save_npz(paths[2], report.graph.to_csr())
-    with open(paths[3], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["node", "row", "id", "split"])
-        writer.writerows(zip(range(len(report.ids)), report.graph.rows.tolist(), report.ids, report.splits))
-    with open(paths[4], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id_a", "id_b", "split_a", "split_b", "cosine", "exact"])
-        writer.writeheader()
-        writer.writerows(report.duplicates)
-    return paths
+    folder = out_dir if isinstance(out_dir, OutputFolder) else neighbors_folder(out_dir, overwrite)
+    with folder.writing() as out:
+        (out / "summary.json").write_text(json.dumps(report.summary, indent=2) + "\n", encoding="utf-8")
+        (out / "summary.md").write_text(render_markdown(report.summary), encoding="utf-8")
+        save_npz(out / "knn.npz", report.graph.to_csr())
+        write_csv(out / "knn_nodes.csv", [{"node": node, "row": row, "id": i, "split": split} for node, (row, i, split)
+                                          in enumerate(zip(report.graph.rows.tolist(), report.ids, report.splits))])
+        write_csv(out / "duplicates.csv", report.duplicates, columns=DUPLICATE_COLUMNS)
+    return [folder.path / name for name in REPORT_FILES]

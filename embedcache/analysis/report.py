@@ -18,8 +18,8 @@
   (upsampling).
 
 Incomplete runs take part with the rounds they have (each point's seed count is in the
-tables). The output folder may be new, empty, or hold only files a report writes (an earlier
-report, even one cut short), which are replaced.
+tables). The output folder follows `embedcache.outputs.OutputFolder`: new, empty, or an earlier
+report, which is replaced (with `overwrite` only) once the new one is complete.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,15 +38,12 @@ from embedcache.analysis.acquisitions import (Upsampling, acquisition_specs, che
 from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, CurveKey, check_split, compare,
                                         curve_metrics, evaluated_splits, group_runs,
                                         learning_curve)
-from embedcache.analysis.output import prepare_out_dir, slug, write_csv, write_json
 from embedcache.analysis.stats import INTERVAL_TEXT, check_interval
 from embedcache.errors import ConfigError
+from embedcache.outputs import OutputFolder, write_csv, write_json
 from embedcache.records import Run
 
 SUMMARY = "summary.json"
-#: Every name a report writes: a folder holding only these may be written into again.
-OWNED = ("summary.md", SUMMARY, "curves.csv", "curves-*.png", "comparisons.csv", "upsampling.csv",
-         "upsampling-rounds.csv", "upsampling-*.png")
 #: Strategy compared against when present and no other baseline is asked for.
 DEFAULT_BASELINE = "random"
 #: progress(done, total), called as figures are drawn.
@@ -102,15 +100,17 @@ class Analysis:
 
 def _baseline(strategies: set[str], asked: str | None) -> str | None:
     if asked is not None and asked not in strategies:
-        raise ConfigError(f"--baseline {asked!r}: no runs of that strategy; the runs have {sorted(strategies)}")
+        raise ConfigError(f"{asked!r}: no runs of that strategy; the runs have {sorted(strategies)}", param="baseline")
     return asked if asked is not None else (DEFAULT_BASELINE if DEFAULT_BASELINE in strategies else None)
 
 
 def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis:
     """Every number of the report (see the module docstring); errors before anything is written."""
     config = config or ReportConfig()
-    if config.max_panels < 1 or config.top < 0:
-        raise ConfigError("--max-panels must be at least 1 and --top at least 0")
+    if config.max_panels < 1:
+        raise ConfigError("must be at least 1", param="max_panels")
+    if config.top < 0:
+        raise ConfigError("must be 0 or more", param="top")
     interval = check_interval(config.interval)
     groups = group_runs(runs, config.allow_mixed)
     everything = [r for members in groups.values() for r in members]
@@ -121,8 +121,8 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     check_split(everything, split)
     metrics = curve_metrics(everything, split)
     if config.metric not in metrics:
-        raise ConfigError(f"--metric {config.metric!r} is not recorded on split {split!r}; there are: "
-                          f"{', '.join(metrics)}")
+        raise ConfigError(f"{config.metric!r} is not recorded on split {split!r}; there are: {', '.join(metrics)}",
+                          param="metric")
     baseline = _baseline({k.strategy for k in groups}, config.baseline)
     notes = []
     recorded = {key: set(curve_metrics(members, split)) for key, members in groups.items()}
@@ -138,7 +138,8 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
         else:
             notes.append(f"no {baseline!r} runs on {key.backbone!r}: {key.strategy!r} there is not compared")
     if baseline is None:
-        notes.append(f"no baseline: pass --baseline, or add {DEFAULT_BASELINE!r} runs, to get labels-to-reach")
+        notes.append(f"no baseline: name one (report --baseline), or add {DEFAULT_BASELINE!r} runs, to get "
+                     "labels-to-reach")
     for spec in config.groups:
         check_spec(everything, spec)
     ups: dict[str, list[Upsampling]] = {}
@@ -186,6 +187,11 @@ def most_acquired(entries: Sequence[Upsampling], limit: int) -> list[str]:
         pool[u.value] = max(pool.get(u.value, 0.0), u.pool_share.mean)
     chosen = sorted(acquired, key=lambda v: (-acquired[v], v))[:limit]
     return sorted(chosen, key=lambda v: (-pool[v], v))
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a group spec or value: "label*place" → "label-x-place"."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", text.replace("*", "-x-")).strip("-") or "_"
 
 
 def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callable[[], Path]]], list[str]]:
@@ -311,32 +317,39 @@ def _markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(runs: Sequence[Run], out_dir: str | Path, config: ReportConfig | None = None,
-                 progress: Progress | None = None) -> dict:
-    """Analyse `runs` and write the report into `out_dir` (see the module docstring); returns the summary."""
+def report_folder(out_dir: str | Path, overwrite: bool = False) -> OutputFolder:
+    """The report's output folder, checked (see `embedcache.outputs.OutputFolder`)."""
+    return OutputFolder(out_dir, "report", overwrite)
+
+
+def write_report(runs: Sequence[Run], out_dir: str | Path | OutputFolder, config: ReportConfig | None = None,
+                 progress: Progress | None = None, overwrite: bool = False) -> dict:
+    """Analyse `runs` and write the report into `out_dir` (see the module docstring); returns the summary.
+    An earlier report there is replaced only with `overwrite`, once the new one is complete."""
+    folder = out_dir if isinstance(out_dir, OutputFolder) else report_folder(out_dir, overwrite)
     analysis = analyse(runs, config)
-    out = prepare_out_dir(out_dir, OWNED)
-    figures, notes = _figures(analysis, out)
-    analysis.notes.extend(notes)
-    for done, (_, _, draw) in enumerate(figures, start=1):
-        draw()
-        if progress:
-            progress(done, len(figures))
-    tables = {
-        "curves.csv": [row for curves in analysis.curves.values() for c in curves for row in c.rows()],
-        "comparisons.csv": [_flat(c.to_dict()) for c in analysis.comparisons],
-        "upsampling.csv": [u.row() for entries in analysis.upsampling.values() for u in entries],
-        "upsampling-rounds.csv": [_group_row(row) for curves in analysis.cumulative.values() for c in curves
-                                  for row in c.rows()],
-    }
-    written = []
-    for name, rows in tables.items():
-        if rows:
-            write_csv(out / name, rows)
-            written.append(name)
-    summary = _summary(analysis, out, [(f, c) for f, c, _ in figures], written)
-    (out / "summary.md").write_text(_markdown(summary), encoding="utf-8")
-    write_json(out / SUMMARY, summary)
+    with folder.writing() as out:
+        figures, notes = _figures(analysis, out)
+        analysis.notes.extend(notes)
+        for done, (_, _, draw) in enumerate(figures, start=1):
+            draw()
+            if progress:
+                progress(done, len(figures))
+        tables = {
+            "curves.csv": [row for curves in analysis.curves.values() for c in curves for row in c.rows()],
+            "comparisons.csv": [_flat(c.to_dict()) for c in analysis.comparisons],
+            "upsampling.csv": [u.row() for entries in analysis.upsampling.values() for u in entries],
+            "upsampling-rounds.csv": [_group_row(row) for curves in analysis.cumulative.values() for c in curves
+                                      for row in c.rows()],
+        }
+        written = []
+        for name, rows in tables.items():
+            if rows:
+                write_csv(out / name, rows)
+                written.append(name)
+        summary = _summary(analysis, folder.path, [(f, c) for f, c, _ in figures], written)
+        (out / "summary.md").write_text(_markdown(summary), encoding="utf-8")
+        write_json(out / SUMMARY, summary)
     return summary
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import COMBINE, group_column
+from embedcache.outputs import OutputFolder, write_csv, write_json
 
 #: progress(done, total), called after each probe.
 Progress = Callable[[int, int], None]
@@ -42,7 +43,7 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.max_per_class is not None and self.max_per_class < 1:
-            raise ConfigError("--max-per-class must be at least 1")
+            raise ConfigError("must be at least 1", param="max_per_class")
 
 
 @dataclasses.dataclass
@@ -152,7 +153,7 @@ def separability(caches: Sequence[str | Path], target: str = LABEL, groups: Sequ
             try:
                 plans = [(spec, *group_column(metadata, spec), *probe_rows(metadata, spec, config)) for spec in targets]
             except EmbedcacheError as e:
-                raise type(e)(f"{path}: {e}") from None
+                raise e.within(str(path)) from None
             needed = np.unique(np.concatenate([np.concatenate([tr, te]) for *_, tr, te in plans]))
             features = cache.embeddings(needed, dtype=np.float32)
             backbone, fingerprint = recipe_label(cache.recipe), cache.fingerprint
@@ -163,7 +164,7 @@ def separability(caches: Sequence[str | Path], target: str = LABEL, groups: Sequ
                 n_train, n_test, per_class, accuracy = probe(features, codes[needed], classes, position[train],
                                                              position[test], config.C)
             except EmbedcacheError as e:
-                raise type(e)(f"{path}, probe {spec!r}: {e}") from None
+                raise e.within(f"{path}, probe {spec!r}") from None
             chance = float(n_test.max() / n_test.sum())
             results.append(ProbeResult(str(path), backbone, fingerprint, spec, tuple(classes), n_train, n_test,
                                        per_class, accuracy, chance))
@@ -172,18 +173,24 @@ def separability(caches: Sequence[str | Path], target: str = LABEL, groups: Sequ
     return results
 
 
-#: Every name `write_separability` writes: a folder holding only these may be written into again.
-OWNED = ("separability.csv", "separability.png", "separability.json")
+#: The files `write_separability` writes.
+FILES = ("separability.csv", "separability.png", "separability.json")
 
 
-def write_separability(results: Sequence[ProbeResult], out_dir: str | Path, config: ProbeConfig) -> list[Path]:
+def separability_folder(out_dir: str | Path, overwrite: bool = False) -> OutputFolder:
+    """The output folder, checked (see `embedcache.outputs.OutputFolder`)."""
+    return OutputFolder(out_dir, "separability", overwrite)
+
+
+def write_separability(results: Sequence[ProbeResult], out_dir: str | Path | OutputFolder, config: ProbeConfig,
+                       overwrite: bool = False) -> list[Path]:
     """separability.csv (per class and overall), separability.png (one panel per probe: bars per
-    cache, chance dashed) and separability.json (config and results) in `out_dir`, which may be
-    new, empty or hold only these files (an earlier output, then replaced)."""
-    from embedcache.analysis.output import prepare_out_dir, write_csv, write_json
+    cache, chance dashed) and separability.json (config and results) in `out_dir`: a new or empty
+    folder, or an earlier output, replaced only with `overwrite` once the new one is complete.
+    Returns the paths written."""
     from embedcache.analysis.plots import BarPanel, plot_bars
 
-    out = prepare_out_dir(out_dir, OWNED)
+    folder = out_dir if isinstance(out_dir, OutputFolder) else separability_folder(out_dir, overwrite)
     caches_of: dict[str, set[str]] = {}
     for r in results:
         caches_of.setdefault(r.backbone, set()).add(r.cache)
@@ -195,7 +202,9 @@ def write_separability(results: Sequence[ProbeResult], out_dir: str | Path, conf
         series = [(names[r.cache], np.append(r.class_accuracy, r.accuracy), np.full(len(r.classes) + 1, np.nan))
                   for r in probes]
         panels.append(BarPanel(f"probe: {target}", [*probes[0].classes, "(all)"], series, reference=probes[0].chance))
-    paths = [write_csv(out / "separability.csv", [row for r in results for row in r.rows()]),
-             plot_bars(out / "separability.png", panels, "held-out accuracy")]
     summary = {"config": dataclasses.asdict(config), "probes": [r.to_dict() for r in results]}
-    return paths + [write_json(out / "separability.json", summary)]
+    with folder.writing() as out:
+        write_csv(out / "separability.csv", [row for r in results for row in r.rows()])
+        plot_bars(out / "separability.png", panels, "held-out accuracy")
+        write_json(out / "separability.json", summary)
+    return [folder.path / name for name in FILES]

@@ -19,6 +19,7 @@ import numpy as np
 from embedcache.errors import ConfigError
 from embedcache.metadata import Metadata
 from embedcache.metrics import group_column
+from embedcache.outputs import FileSet, write_csv
 from embedcache.records import RecordError, Run
 
 #: Marker shapes available for the style column.
@@ -37,9 +38,9 @@ class TSNEConfig:
 
     def __post_init__(self) -> None:
         if self.max_points < 4:
-            raise ConfigError("--max-points must be at least 4")
+            raise ConfigError("must be at least 4", param="max_points")
         if not self.perplexity > 0:
-            raise ConfigError("--perplexity must be positive")
+            raise ConfigError("must be positive", param="perplexity")
 
 
 def sample_rows(candidates: np.ndarray, keep: np.ndarray, max_points: int, seed: int) -> np.ndarray:
@@ -49,7 +50,7 @@ def sample_rows(candidates: np.ndarray, keep: np.ndarray, max_points: int, seed:
         return np.sort(candidates)
     keep = np.intersect1d(keep, candidates)
     if len(keep) > max_points:
-        raise ConfigError(f"{len(keep)} starred points do not fit in --max-points {max_points}")
+        raise ConfigError(f"{len(keep)} starred points do not fit in {max_points}", param="max_points")
     rest = np.setdiff1d(candidates, keep)
     drawn = np.random.default_rng(seed).choice(rest, size=max_points - len(keep), replace=False)
     return np.sort(np.concatenate([keep, drawn]))
@@ -68,9 +69,9 @@ def embed_2d(x: np.ndarray, config: TSNEConfig | None = None) -> np.ndarray:
                 n_jobs=-1 if config.threads is None else config.threads).fit_transform(x)
 
 
-def select_run(runs: Sequence[Run], fingerprint: str, strategy: str | None = None, seed: int | None = None) -> Run:
+def select_run(runs: Sequence[Run], fingerprint: str, strategy: str | None = None, run_seed: int | None = None) -> Run:
     """The run whose acquisitions are starred: made on these features, of `strategy` (needed when
-    several are present) and `seed` (default: the lowest)."""
+    several are present) and `run_seed` (default: the lowest)."""
     ours = [r for r in runs if r.fingerprint == fingerprint]
     if not ours:
         raise RecordError(f"none of the {len(runs)} run(s) given was made on this cache (fingerprint "
@@ -78,15 +79,16 @@ def select_run(runs: Sequence[Run], fingerprint: str, strategy: str | None = Non
     strategies = sorted({r.strategy for r in ours})
     if strategy is None:
         if len(strategies) > 1:
-            raise ConfigError(f"runs of several strategies ({', '.join(strategies)}): choose one with --strategy")
+            raise ConfigError(f"runs of several strategies ({', '.join(strategies)}): choose one with `strategy`")
         strategy = strategies[0]
     ours = [r for r in ours if r.strategy == strategy]
     if not ours:
-        raise ConfigError(f"--strategy {strategy!r}: no such run on this cache; there are {strategies}")
+        raise ConfigError(f"{strategy!r}: no such run on this cache; there are {strategies}", param="strategy")
     seeds = sorted({r.seed for r in ours})
-    chosen = [r for r in ours if r.seed == (seeds[0] if seed is None else seed)]
+    chosen = [r for r in ours if r.seed == (seeds[0] if run_seed is None else run_seed)]
     if not chosen:
-        raise ConfigError(f"--seed {seed}: no {strategy!r} run with that seed on this cache; seeds: {seeds}")
+        raise ConfigError(f"{run_seed}: no {strategy!r} run with that seed on this cache; seeds: {seeds}",
+                          param="run_seed")
     return chosen[0]
 
 
@@ -142,8 +144,8 @@ def tsne_map(x: np.ndarray, rows: np.ndarray, starred: np.ndarray, metadata: Met
     colour_codes, colour_names = group_column(metadata, colour)
     style_codes, style_names = group_column(metadata, style) if style else (None, ())
     if style_codes is not None and len(np.unique(style_codes[rows])) > MAX_STYLES:
-        raise ConfigError(f"--style {style!r} has {len(np.unique(style_codes[rows]))} values; markers can tell apart "
-                          f"at most {MAX_STYLES} (use it as --color instead)")
+        raise ConfigError(f"{style!r} has {len(np.unique(style_codes[rows]))} values; markers can tell apart at most "
+                          f"{MAX_STYLES} (use it as the `colour` instead)", param="style")
     xy = embed_2d(x, config)
     return TSNEMap(colour, style, rows, metadata.ids[rows], xy, colour_codes[rows], tuple(colour_names),
                    None if style_codes is None else style_codes[rows], tuple(style_names), np.asarray(starred, bool))
@@ -155,3 +157,40 @@ def plot_tsne_map(tmap: TSNEMap, path: str | Path, title: str) -> Path:
 
     return plot_scatter(path, tmap.xy, tmap.colour, tmap.colour_names, tmap.style, tmap.style_names, tmap.starred,
                         title, tmap.colour_spec, tmap.style_spec or "")
+
+
+def tsne_files(out: str | Path, overwrite: bool = False) -> FileSet:
+    """The map `out` (a .png) and its coordinates beside it (.csv), checked (see `embedcache.outputs.FileSet`)."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"{out}: expected a .png file name", param="out")
+    return FileSet([out, out.with_suffix(".csv")], overwrite)
+
+
+def write_tsne(cache_path: str | Path, files: FileSet, config: TSNEConfig | None = None, runs: Sequence = (),
+               strategy: str | None = None, run_seed: int | None = None, first: int = 10, colour: str = "label",
+               style: str | None = None, split: str | None = None) -> int:
+    """Map the cache at `cache_path` and write `files` (the PNG, then its coordinates as CSV); returns the
+    number of points. With `runs` (record paths), the `first` acquisitions of the run `select_run` picks
+    are starred and the map shows its pool split unless `split` says otherwise."""
+    from embedcache.cache import EmbeddingCache
+    from embedcache.recipe import recipe_label
+    from embedcache.records import read_runs
+
+    config = config or TSNEConfig()
+    with EmbeddingCache(cache_path) as cache:
+        cache.require_complete()
+        metadata, title = cache.metadata(), recipe_label(cache.recipe)
+        starred_ids: list[str] = []
+        if runs:
+            run = select_run(read_runs(runs), cache.fingerprint, strategy, run_seed)
+            starred_ids = [i for _, i, _ in run.acquired()[:first]]
+            split = split or run.header.pool_split
+            title += f"; stars: first {len(starred_ids)} acquired by {run.strategy} (seed {run.seed})"
+        rows, starred = map_rows(metadata, starred_ids, split, config)
+        x = cache.embeddings(rows, dtype="float32")
+    tmap = tsne_map(x, rows, starred, metadata, colour, style, config)
+    with files.writing() as (png, table):
+        plot_tsne_map(tmap, png, title)
+        write_csv(table, tmap.table())
+    return len(rows)

@@ -18,7 +18,17 @@ BACKBONES: Registry[type[Backbone]] = Registry("backbone kind")
 BACKBONES.register("timm")(TimmBackbone)
 BACKBONES.register("hf")(HFTextBackbone)
 
-__all__ = ["BACKBONES", "Backbone", "ImagePreprocess", "PRETRAINED", "RANDOM", "create_backbone"]
+__all__ = ["BACKBONES", "Backbone", "ImagePreprocess", "PRETRAINED", "RANDOM", "create_backbone",
+           "parse_backbone_spec"]
+
+
+def parse_backbone_spec(spec: str) -> tuple[type[Backbone], str]:
+    """The backbone class and model name that `spec` ("<kind>:<name>") names; ConfigError for another form or an
+    unknown kind (listing the known ones)."""
+    kind, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise ConfigError(f"{spec!r}: expected <kind>:<name>, e.g. timm:resnet50 or hf:roberta-large", param="backbone")
+    return BACKBONES.get(kind), name
 
 
 def create_backbone(spec: str, weights: str = PRETRAINED, seed: int = 0, **options) -> Backbone:
@@ -27,14 +37,11 @@ def create_backbone(spec: str, weights: str = PRETRAINED, seed: int = 0, **optio
     Options a kind does not take (e.g. `max_length` for an image model) are an error when given
     a value; options left as None are ignored.
     """
-    kind, sep, name = spec.partition(":")
-    if not sep or not name:
-        raise ConfigError(f"--backbone {spec!r}: expected <kind>:<name>, e.g. timm:resnet50 or hf:roberta-large")
-    cls = BACKBONES.get(kind)
+    cls, name = parse_backbone_spec(spec)
     accepted = inspect.signature(cls.__init__).parameters
     given = {k: v for k, v in options.items() if v is not None}
     wrong = sorted(k for k in given if k not in accepted)
     if wrong:
-        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        raise ConfigError(f"{flags} does not apply to {kind}: backbones")
+        others = f" (nor do {', '.join(f'`{k}`' for k in wrong[1:])})" if len(wrong) > 1 else ""
+        raise ConfigError(f"does not apply to {spec.partition(':')[0]}: backbones{others}", param=wrong[0])
     return cls(name, weights=weights, seed=seed, **given)

@@ -19,7 +19,7 @@ import torch
 from embedcache.errors import BackboneError
 from embedcache.recipe import Recipe, sha256_files
 
-#: Keyword values of --weights; anything else is a path to a checkpoint file.
+#: Keyword values of `weights`; anything else is a path to a checkpoint file.
 PRETRAINED, RANDOM = "pretrained", "random"
 WEIGHT_FILE_SUFFIXES = (".npz", ".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -129,16 +129,15 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def weights_file(weights: str) -> Path | None:
-    """The checkpoint path that --weights names, None for "pretrained" / "random"; errors if missing."""
+    """The checkpoint path that `weights` names, None for "pretrained" / "random"; errors if missing."""
     if weights in (PRETRAINED, RANDOM):
         return None
     path = Path(weights)
     if not path.is_file():
-        raise BackboneError(
-            f"--weights {weights!r}: not 'pretrained', 'random', or an existing checkpoint file"
-        )
+        raise BackboneError(f"{weights!r}: not 'pretrained', 'random', or an existing checkpoint file", param="weights")
     if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
-        raise BackboneError(f"--weights {path}: unknown checkpoint type; use one of {', '.join(WEIGHT_FILE_SUFFIXES)}")
+        raise BackboneError(f"{path}: unknown checkpoint type; use one of {', '.join(WEIGHT_FILE_SUFFIXES)}",
+                            param="weights")
     return path
 
 

@@ -17,7 +17,7 @@ from embedcache.backbones.base import (
     seeded,
     weights_file,
 )
-from embedcache.errors import BackboneError
+from embedcache.errors import BackboneError, ConfigError
 from embedcache.recipe import sha256_files, sha256_json
 
 POOLINGS = ("mean", "cls")
@@ -47,7 +47,7 @@ class HFTextBackbone(Backbone):
 
         pooling = pooling or "mean"
         if pooling not in POOLINGS:
-            raise BackboneError(f"--pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ConfigError(f"must be one of {POOLINGS}, got {pooling!r}", param="pooling")
         path = weights_file(weights)
         local = Path(name).is_dir()
         self.spec = f"hf:{Path(name).resolve() if local else name}"

@@ -42,7 +42,7 @@ class TimmBackbone(Backbone):
             except Exception as e:  # hub/network failures surface as many exception types
                 raise BackboneError(
                     f"cannot fetch pretrained weights for {self.spec} ({type(e).__name__}: {e}). "
-                    "Without network, pass --weights with a local checkpoint file."
+                    "Without network, pass `weights` with a local checkpoint file."
                 ) from None
             self.weights = {"source": PRETRAINED, "hub": model.pretrained_cfg.get("hf_hub_id") or name}
         else:

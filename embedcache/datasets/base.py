@@ -47,7 +47,7 @@ class DatasetAdapter(abc.ABC):
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if not self.root.exists():
-            raise DatasetError(f"{self.root}: no such file or folder (the --root of dataset {self.name!r})")
+            raise DatasetError(f"{self.root}: no such file or folder (the root of dataset {self.name!r})", param="root")
         #: The file listing the examples and each example's line in it, where the adapter reads one (for messages).
         self.listing: Path | None = None
         self.row_lines: list[int] = []
@@ -208,7 +208,7 @@ def find_dataset_folder(root: Path, marker: str, folder_names: Sequence[str], da
         return root
     found = [root / name for name in folder_names if (root / name / marker).is_file()]
     if len(found) > 1:
-        raise DatasetError(f"{root}: holds {' and '.join(f.name for f in found)}; pass one of them as --root")
+        raise DatasetError(f"{root}: holds {' and '.join(f.name for f in found)}; pass one of them as `root`")
     if not found:
         inside = " or ".join(f"{name}/" for name in folder_names)
         raise DatasetError(f"{root}: no {marker} here{f' or in {inside}' if folder_names else ''} "

@@ -1,12 +1,12 @@
-"""What the dataset builders share: a guarded output folder, seeded random streams, and the files they write.
+"""What the dataset builders share: their output folder, seeded random streams, and the files they write.
 
-A builder writes its images first, then `metadata.csv`, then its build record `build.json` (parameters,
-sources, counts): a folder without `build.json` is an interrupted build.
+A builder writes into `build_folder(...).writing()`, a temporary sibling of its folder that replaces
+the folder only once the build is complete (see `embedcache.outputs`): its images first, then
+`metadata.csv`, then its build record `build.json` (parameters, sources, counts).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -14,30 +14,20 @@ from typing import Mapping, Sequence
 import numpy as np
 
 import embedcache
-from embedcache.errors import ConfigError
+from embedcache.outputs import OutputFolder
 
 BUILD_RECORD = "build.json"
 
 
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Create `out`; an existing non-empty folder is refused unless `overwrite` (then files are written over)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} exists and is not empty; pass --overwrite to write over it")
-    out.mkdir(parents=True, exist_ok=True)
+def build_folder(out: Path, builder: str, overwrite: bool) -> OutputFolder:
+    """The folder a builder writes, checked: new, empty, or an earlier build of `builder` (replaced only
+    with `overwrite`)."""
+    return OutputFolder(out, builder, overwrite)
 
 
 def stage_rng(seed: int, stage: int) -> np.random.Generator:
     """An independent random stream per build stage, so changing one stage's draws leaves the others alone."""
     return np.random.default_rng([seed, stage])
-
-
-def write_metadata_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def write_build_record(out: Path, record: Mapping) -> dict:

@@ -6,12 +6,13 @@ random-init network; texts mix a class keyword into random filler words.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from embedcache.outputs import write_csv
 
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
           "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
@@ -53,12 +54,7 @@ def write_image_manifest(root: str | Path, n: int = 12, size: int = 32, seed: in
         _image(rng, label, size).save(root / path)
         rows.append({"id": f"ex{i:05d}", "path": path, "label": label, "split": splits[(i // num_classes) % len(splits)],
                      "place": place_names[int(rng.integers(len(place_names)))]})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_csv(root / "manifest.csv", rows)
 
 
 def write_text_jsonl(path: str | Path, n: int = 20, seed: int = 0, splits: Sequence[str] = ("train", "val"),
@@ -113,12 +109,9 @@ def ambiguity_embeddings(n_train: int = 2000, n_val: int = 800, dim: int = 32, m
     return x.astype(np.float32), metadata
 
 
-def _write_csv(path: Path, rows: list[dict], **writer_options) -> None:
+def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), **writer_options)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows)
 
 
 def _write_label_place(folder: Path, columns: Sequence[str], splits: Sequence[int], filename_format: str,
@@ -181,8 +174,8 @@ def write_iwildcam(root: str | Path, n: int = 15, num_classes: int = 3, location
 
 def write_amazon(root: str | Path, n: int = 20, users: int = 4, seed: int = 0,
                  keywords: Sequence[str] = ("awful", "poor", "fine", "good", "great")) -> Path:
-    """root/amazon_v2.1/ as WILDS ships it: reviews.csv (quoted like the release, some texts with commas,
-    quotes and line breaks) and splits/user.csv, where every fifth review has split -1 (not in the dataset)."""
+    """root/amazon_v2.1/ as WILDS ships it: reviews.csv (some texts with commas, quotes and line breaks, so
+    quoted cells) and splits/user.csv, where every fifth review has split -1 (not in the dataset)."""
     folder = Path(root) / "amazon_v2.1"
     rng = np.random.default_rng(seed)
     reviews, splits = [], []
@@ -196,6 +189,6 @@ def write_amazon(root: str | Path, n: int = 20, users: int = 4, seed: int = 0,
                         "unixReviewTime": 1401580800, "summary": f"summary {i}",
                         "category": ("Books", "Movies_and_TV")[i % 2], "reviewYear": 2014})
         splits.append({"split": -1 if i % 5 == 4 else (0, 1, 2, 3, 4)[(i // 2) % 5], "clean": i % 5 != 4})
-    _write_csv(folder / "reviews.csv", reviews, quoting=csv.QUOTE_NONNUMERIC)
+    _write_csv(folder / "reviews.csv", reviews)
     _write_csv(folder / "splits" / "user.csv", splits)
     return folder

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from embedcache.datasets.base import register_dataset
-from embedcache.datasets.builder import group_counts, prepare_output, stage_rng, write_build_record, write_metadata_csv
+from embedcache.datasets.builder import build_folder, group_counts, stage_rng, write_build_record
 from embedcache.datasets.waterbirds import LabelPlaceImages
 from embedcache.errors import ConfigError, DatasetError
+from embedcache.outputs import write_csv
 
 #: Object names (lower case, whole name) that mark each kind of object (Appendix C).
 PERSON_NAMES = frozenset({"person", "people", "man", "men", "woman", "women"})
@@ -69,10 +70,10 @@ class TreepersonBuild:
         self.images = [Path(p) for p in self.images]
         self.val_ids = None if self.val_ids is None else Path(self.val_ids)
         if not self.images:
-            raise ConfigError("--images: give at least one Visual Genome image folder (VG_100K/, VG_100K_2/)")
+            raise ConfigError("give at least one Visual Genome image folder (VG_100K/, VG_100K_2/)", param="images")
         for name in ("majority", "minority", "val_per_group"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+                raise ConfigError(f"{getattr(self, name)}: must not be negative", param=name)
 
     def train_counts(self) -> dict[tuple[int, int], int]:
         """Train examples per (person, place) subgroup: the majority where person goes with buildings."""
@@ -149,9 +150,10 @@ def build_treeperson(config: TreepersonBuild, progress: Callable[[int, int], Non
     Qualifying images whose file is in none of the `images` folders are left out (counted in the record
     as `missing_images`). Deterministic for a seed.
     """
-    for folder in config.images:
-        if not folder.is_dir():
-            raise DatasetError(f"--images {folder}: no such folder")
+    folder = build_folder(config.out, "datasets build-treeperson", config.overwrite)
+    for images in config.images:
+        if not images.is_dir():
+            raise DatasetError(f"{images}: no such folder", param="images")
     val_ids = _read_val_ids(config.val_ids) if config.val_ids else None
     candidates = qualifying_images(config.objects)
     paths = {i: _find_image(i, config.images) for i in sorted(candidates)}
@@ -171,27 +173,26 @@ def build_treeperson(config: TreepersonBuild, progress: Callable[[int, int], Non
         for split, picked, wanted in (("val", val, config.val_per_group), ("train", train, n_train)):
             if len(picked) < wanted:
                 raise DatasetError(f"{config.objects}: only {len(picked)} images for {split} {group}, "
-                                   f"{wanted} wanted ({missing} qualifying images were not found under --images)")
+                                   f"{wanted} wanted ({missing} qualifying images were not found under `images`)")
             chosen += [(split, i, person, place) for i in picked]
 
-    prepare_output(config.out, config.overwrite)
-    (config.out / "images").mkdir(exist_ok=True)
     chosen.sort(key=lambda c: (SPLIT_CODES[c[0]], c[1]))
-    if progress:
-        progress(0, len(chosen))
-    for done, (_, image_id, _, _) in enumerate(chosen, start=1):
-        shutil.copyfile(paths[image_id], config.out / "images" / f"{image_id}.jpg")
-        if progress:
-            progress(done, len(chosen))
-
     rows = [{"img_id": i, "img_filename": f"images/{i}.jpg", "y": person, "place": place, "split": SPLIT_CODES[split]}
             for split, i, person, place in chosen]
-    write_metadata_csv(config.out / "metadata.csv", Treeperson.columns, rows)
-    return write_build_record(config.out, {
-        "dataset": "treeperson", "seed": config.seed, "objects": str(config.objects.resolve()),
-        "images": [str(p.resolve()) for p in config.images],
-        "val_ids": str(config.val_ids.resolve()) if config.val_ids else None,
-        "qualifying_images": len(candidates), "missing_images": missing,
-        "counts": group_counts(rows, {str(v): k for k, v in SPLIT_CODES.items()}, Treeperson.label_names,
-                               Treeperson.place_names),
-    })
+    with folder.writing() as out:
+        (out / "images").mkdir()
+        if progress:
+            progress(0, len(chosen))
+        for done, (_, image_id, _, _) in enumerate(chosen, start=1):
+            shutil.copyfile(paths[image_id], out / "images" / f"{image_id}.jpg")
+            if progress:
+                progress(done, len(chosen))
+        write_csv(out / "metadata.csv", rows, columns=Treeperson.columns)
+        return write_build_record(out, {
+            "dataset": "treeperson", "seed": config.seed, "objects": str(config.objects.resolve()),
+            "images": [str(p.resolve()) for p in config.images],
+            "val_ids": str(config.val_ids.resolve()) if config.val_ids else None,
+            "qualifying_images": len(candidates), "missing_images": missing,
+            "counts": group_counts(rows, {str(v): k for k, v in SPLIT_CODES.items()}, Treeperson.label_names,
+                                   Treeperson.place_names),
+        })

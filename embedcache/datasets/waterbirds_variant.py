@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from embedcache.datasets.base import open_image, register_dataset
-from embedcache.datasets.builder import (BUILD_RECORD, group_counts, prepare_output, stage_rng,
-                                         write_build_record, write_metadata_csv)
+from embedcache.datasets.builder import BUILD_RECORD, build_folder, group_counts, stage_rng, write_build_record
 from embedcache.datasets.waterbirds import Waterbirds
 from embedcache.errors import ConfigError, DatasetError
+from embedcache.outputs import write_csv
 
 #: Places365 categories (folders under data_large/) used as backgrounds, by place code: 0 land, 1 water.
 PLACES = (("b/bamboo_forest", "f/forest/broadleaf"), ("o/ocean", "l/lake/natural"))
@@ -50,17 +50,17 @@ class WaterbirdsBuild:
     matched: float = 0.95
     seed: int = 0
     val_fraction: float = 0.2
-    workers: int = 4
+    threads: int = 4
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.cub, self.places, self.out = Path(self.cub), Path(self.places), Path(self.out)
         if not 0.0 <= self.matched <= 1.0:
-            raise ConfigError(f"--matched {self.matched}: give a share between 0 and 1, e.g. 0.8")
+            raise ConfigError(f"{self.matched}: give a share between 0 and 1, e.g. 0.8", param="matched")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction {self.val_fraction}: give a share strictly between 0 and 1")
-        if self.workers < 1:
-            raise ConfigError(f"--workers {self.workers}: need at least 1")
+            raise ConfigError(f"{self.val_fraction}: give a share strictly between 0 and 1", param="val_fraction")
+        if self.threads < 1:
+            raise ConfigError(f"{self.threads}: need at least 1", param="threads")
 
 
 def is_waterbird(species_folder: str) -> bool:
@@ -72,7 +72,7 @@ def is_waterbird(species_folder: str) -> bool:
 def _read_id_table(path: Path) -> dict[int, str]:
     """CUB's `<image id> <value>` text files (images.txt, train_test_split.txt)."""
     if not path.is_file():
-        raise DatasetError(f"{path}: not found (is --cub the CUB_200_2011/ folder?)")
+        raise DatasetError(f"{path}: not found (is `cub` the CUB_200_2011/ folder?)")
     table = {}
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -114,7 +114,7 @@ def _read_cub(cub: Path) -> list[dict]:
 
 
 def _places_folder(places: Path) -> Path:
-    """The folder holding the Places365 category folders (b/bamboo_forest/...): --places or its data_large/."""
+    """The folder holding the Places365 category folders (b/bamboo_forest/...): `places` or its data_large/."""
     for candidate in (places, places / "data_large", places / "data_256"):
         if all((candidate / category).is_dir() for group in PLACES for category in group):
             return candidate
@@ -190,33 +190,33 @@ def build_waterbirds(config: WaterbirdsBuild, progress: Callable[[int, int], Non
 
     Deterministic for a seed: same inputs and seed → identical metadata.csv and images.
     """
+    folder = build_folder(config.out, "datasets build-waterbirds", config.overwrite)
     birds = _read_cub(config.cub)
     places_folder = _places_folder(config.places)
     pools = _background_pools(places_folder)
     _assign_splits(birds, config.val_fraction, config.seed)
     _assign_places(birds, config.matched, config.seed)
     _assign_backgrounds(birds, pools, places_folder, config.seed)
-    prepare_output(config.out, config.overwrite)
-
-    done = 0
-    if progress:
-        progress(0, len(birds))
-    with concurrent.futures.ThreadPoolExecutor(config.workers) as pool:
-        for _ in pool.map(lambda b: _compose(b, places_folder, config.out), birds):
-            done += 1
-            if progress:
-                progress(done, len(birds))
-
     rows = [{"img_id": b["id"], "img_filename": b["filename"], "y": b["y"], "split": SPLIT_CODES[b["split"]],
              "place": b["place"], "place_filename": "/" + b["background"]} for b in birds]
-    write_metadata_csv(config.out / "metadata.csv", COLUMNS, rows)
-    return write_build_record(config.out, {
-        "dataset": "waterbirds-variant", "matched": config.matched, "seed": config.seed,
-        "val_fraction": config.val_fraction, "cub": str(config.cub.resolve()),
-        "places": str(places_folder.resolve()),
-        "counts": group_counts(rows, {str(v): k for k, v in SPLIT_CODES.items()}, Waterbirds.label_names,
-                               Waterbirds.place_names),
-    })
+
+    with folder.writing() as out:
+        done = 0
+        if progress:
+            progress(0, len(birds))
+        with concurrent.futures.ThreadPoolExecutor(config.threads) as pool:
+            for _ in pool.map(lambda b: _compose(b, places_folder, out), birds):
+                done += 1
+                if progress:
+                    progress(done, len(birds))
+        write_csv(out / "metadata.csv", rows, columns=COLUMNS)
+        return write_build_record(out, {
+            "dataset": "waterbirds-variant", "matched": config.matched, "seed": config.seed,
+            "val_fraction": config.val_fraction, "cub": str(config.cub.resolve()),
+            "places": str(places_folder.resolve()),
+            "counts": group_counts(rows, {str(v): k for k, v in SPLIT_CODES.items()}, Waterbirds.label_names,
+                                   Waterbirds.place_names),
+        })
 
 
 @register_dataset("waterbirds-variant")
@@ -236,7 +236,7 @@ class WaterbirdsVariant(Waterbirds):
         path = self.folder / BUILD_RECORD
         if not path.is_file():
             raise DatasetError(f"{path}: not found; 'waterbirds-variant' reads a folder written by "
-                               "`embedcache datasets build-waterbirds` (use --dataset waterbirds for the release)")
+                               "`embedcache datasets build-waterbirds` (the 'waterbirds' adapter reads the release)")
         try:
             self.build = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
