@@ -160,6 +160,10 @@ OUT_KINDS = {
     "datasets build-treeperson": "an output folder",
     "tsne": "a .png file, with its coordinates in the .csv beside it; --overwrite replaces both once both are "
             "written",
+    "suggest": "a .csv or .parquet file (default: CSV on standard output), written whole under a temporary name "
+               "and then renamed",
+    "predict": "a .csv or .parquet file, written whole under a temporary name and then renamed",
+    "export-label-studio": "a .json tasks file, written whole under a temporary name and then renamed",
 }
 
 RUNS = Shared(
@@ -173,7 +177,8 @@ INIT_SEED = Shared(
     "control).", ("extract", "al"), click.INT)
 SEED = Shared(
     "The command's own random draws", ("--seed",), "Seed of this command's own random draws",
-    ("separability", "tsne", "neighbors", "datasets build-waterbirds", "datasets build-treeperson"), click.INT)
+    ("separability", "tsne", "neighbors", "datasets build-waterbirds", "datasets build-treeperson", "suggest",
+     "export-label-studio", "label"), click.INT)
 METRIC = Shared(
     "Evaluation metric", ("--metric",), "An evaluation metric, as run records name it: accuracy, worst_group, "
     "class_balanced_accuracy, macro_f1, GROUP_accuracy_pQ, or one group value as SPEC=VALUE "
@@ -195,16 +200,19 @@ OVERWRITE = Shared(
     "Replacing an output", ("--overwrite",), "Replace a complete earlier output of this command at --out, once "
     "the new one is complete.",
     ("extract", "import", "merge", "report", "separability", "tsne", "neighbors", "demo",
-     "datasets build-waterbirds", "datasets build-treeperson"), None, {"is_flag": True})
+     "datasets build-waterbirds", "datasets build-treeperson", "suggest", "predict", "export-label-studio"),
+    None, {"is_flag": True})
 QUIET = Shared(
     "Quiet", ("--quiet",), "No progress bars.", ("extract", "import", "al", "report", "separability", "neighbors",
-                                                 "datasets build-waterbirds", "datasets build-treeperson"),
+                                                 "datasets build-waterbirds", "datasets build-treeperson", "suggest",
+                                                 "predict", "export-label-studio"),
     None, {"is_flag": True})
 JOBS = Shared(
     "Parallel runs", ("--jobs",), "AL runs in parallel processes", ("al", "demo"), click.IntRange(min=1))
 STRATEGY = Shared(
     "Strategy", ("--strategy",), "An acquisition strategy: random, least-confidence, entropy, margin (a misspelt "
-    "name exits at once, listing every registered one).", ("al", "tsne"), Registered("strategy", _strategy))
+    "name exits at once, listing every registered one).", ("al", "tsne", "suggest", "export-label-studio", "label"),
+    Registered("strategy", _strategy))
 PROTOCOL = Shared(
     "Protocol", ("--protocol",), "An AL protocol preset: waterbirds, treeperson, iwildcam, amazon, or custom (the "
     "options below override any).", ("al",), Registered("protocol", _protocol))
@@ -241,15 +249,51 @@ GROUP = Shared(
     "where the command says so). Repeatable.", ("al", "import", "report", "separability"), click.STRING,
     {"multiple": True})
 SPLIT = Shared(
-    "Split", ("--split",), "A split by name (train, val, test, id_val, ...)", ("report", "tsne", "neighbors"),
-    click.STRING)
+    "Split", ("--split",), "A split by name (train, val, test, id_val, ...)",
+    ("report", "tsne", "neighbors", "suggest", "predict", "export-label-studio", "label"), click.STRING)
 C = Shared(
     "Linear head strength", ("--C",), "Inverse L2 strength of the linear head, as scikit-learn's "
     "LogisticRegression(C=...).", ("al", "separability"), click.FloatRange(min=0, min_open=True))
 
+K = Shared(
+    "How many", ("--k",), "The k of the command's top k", ("neighbors", "suggest", "export-label-studio"),
+    click.IntRange(min=1))
+LABELS = Shared(
+    "Labels of your own data", ("--labels",), "Labels so far: our CSV (id,label,annotator,time,note; an undo or a "
+    "skip is an appended row with an empty label) or a Label Studio JSON export (choices).",
+    ("suggest", "predict", "export-label-studio", "label"), click.Path(path_type=Path, dir_okay=False))
+ID_FIELD = Shared(
+    "Label Studio id field", ("--id-field",), "Label Studio exports: the task data field holding the cache id.",
+    ("suggest", "predict", "export-label-studio"), click.STRING)
+CLASSES = Shared(
+    "Class names", ("--classes",), "Class names, comma-separated, in key order. Default: the cache's label names, "
+    "then every new name the labels file brings, in order of first appearance.",
+    ("suggest", "predict", "export-label-studio", "label"), click.STRING, {"metavar": "A,B,..."})
+IGNORE_CACHE_LABELS = Shared(
+    "Ignoring a cache's labels", ("--ignore-cache-labels",), "Treat the cache's own labels as unknown, so every row "
+    "can be labelled: for trying the workflow on a dataset whose answers are known (the demo does).",
+    ("suggest", "predict", "export-label-studio", "label"), None, {"is_flag": True})
+ROUND_SIZE = Shared(
+    "Stopping-signal rounds", ("--round-size",), "Labels per round of the stopping signals' history.",
+    ("suggest", "label"), click.IntRange(min=1))
+MEDIA = Shared(
+    "Media folder", ("--media",), "The folder images are served from; image paths are relative to it. Default: the "
+    "image folder of the dataset the cache was extracted from.", ("label", "export-label-studio"),
+    click.Path(path_type=Path, file_okay=False))
+HOST = Shared(
+    "Server address", ("--host",), "Address the labelling page listens on. Only loopback addresses keep the page "
+    "private to this machine.", ("label", "demo"), click.STRING)
+PORT = Shared(
+    "Server port", ("--port",), "Port the labelling page listens on (0: any free port; the URL is printed).",
+    ("label", "demo"), click.IntRange(0, 65535))
+OPEN = Shared(
+    "Opening a browser", ("--open",), "Open the labelling page in your web browser (the URL is printed either way).",
+    ("label", "demo"), None, {"is_flag": True})
+
 SHARED: tuple[Shared, ...] = (RUNS, SEEDS, INIT_SEED, SEED, METRIC, DISTANCE, DEVICE, AMP, OUT, OVERWRITE, QUIET, JOBS,
                               STRATEGY, PROTOCOL, DATASET, ROOT, DATASET_OPTION, BACKBONE, WEIGHTS, MAX_LENGTH,
-                              POOLING, WORKERS, DTYPE, GROUP, SPLIT, C)
+                              POOLING, WORKERS, DTYPE, GROUP, SPLIT, C, K, LABELS, ID_FIELD, CLASSES,
+                              IGNORE_CACHE_LABELS, ROUND_SIZE, MEDIA, HOST, PORT, OPEN)
 
 
 # --------------------------------------------------------------------------- old spellings, still read

@@ -75,8 +75,6 @@ def _label_page(out: Path, config, quick: bool, host: str, port: int, open_brows
                    "the pretrained MiniLM cache: label them yourself, the model asking; labels go to "
                    "OUT/labels.csv (OUT/labels-quick.csv with --quick).")
 @server_options
-@click.option("--open/--no-open", "open_browser", default=True, show_default=True,
-              help="With --label: open the page in your web browser.")
 def demo(out, seeds, quick, jobs, overwrite, label_page, host, port, open_browser):
     """Show the paper's effect end to end, offline, with real pretrained features.
 
@@ -91,7 +89,7 @@ def demo(out, seeds, quick, jobs, overwrite, label_page, host, port, open_browse
     \b
     Examples:
       embedcache demo --quick
-      embedcache demo --label
+      embedcache demo --label --open
     """
     from embedcache.cli.options import Bars
     from embedcache.demo import DemoConfig, default_jobs, run_demo

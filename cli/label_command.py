@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.command import Command
+from embedcache.cli.conventions import HOST, LABELS, MEDIA, OPEN, PORT, ROUND_SIZE
 from embedcache.cli.options import option_group
+from embedcache.errors import ConfigError
 from embedcache.cli.workflow_commands import cache_argument, model_options, open_workspace, pool_options
 
 
@@ -19,10 +22,9 @@ def default_annotator() -> str:
 
 
 server_options = option_group(
-    click.option("--host", default="127.0.0.1", show_default=True,
-                 help="Address to listen on. Only loopback addresses keep the page private to this machine."),
-    click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
-                 help="Port to listen on (0: any free port; the URL is printed)."),
+    HOST(default="127.0.0.1", show_default=True),
+    PORT(default=8765, show_default=True),
+    OPEN(name="open_browser"),
 )
 
 
@@ -51,22 +53,15 @@ def run_page(workspace, labels_path: Path, *, strategy: str, seed: int, annotato
     serve(create_app(session, loopback_only=is_loopback(host)), sock)
 
 
-@click.command()
+@click.command(cls=Command)
 @cache_argument
-@click.option("--labels", "labels_path", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="The labels CSV to append to (created if missing): id,label,annotator,time,note. An undo appends "
-                   "a row with an empty label and note 'undo'; a skip, an empty label and note 'skip'.")
-@click.option("--media", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="Images are served only from inside this folder (default: the image folder of the dataset the "
-                   "cache was extracted from).")
+@LABELS("Here, our CSV to append to (created if missing).", name="labels_path", required=True)
+@MEDIA("Nothing outside it is served.")
 @model_options
 @pool_options
 @click.option("--annotator", default=None, help="Name written with each label (default: your login name).")
-@click.option("--round-size", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Labels per round of the stopping signals and of 'changed since the last round'.")
+@ROUND_SIZE("They are also the rounds of 'changed since the last round'.", default=10, show_default=True)
 @server_options
-@click.option("--open/--no-open", "open_browser", default=False, show_default=True,
-              help="Open the page in your web browser.")
 def label(cache, labels_path, media, strategy, seed, classes, split, ignore_cache_labels, annotator, round_size, host,
           port, open_browser):
     """Label your own data on a local web page, the model suggesting what to label next.
@@ -83,6 +78,8 @@ def label(cache, labels_path, media, strategy, seed, classes, split, ignore_cach
     Example:
       embedcache label caches/mine.h5 --labels labels.csv --classes cat,dog --split train --open
     """
+    if media is not None and not media.is_dir():
+        raise ConfigError(f"{media}: no such folder", param="media")
     workspace = open_workspace(cache, split, classes, ignore_cache_labels)
     run_page(workspace, labels_path, strategy=strategy, seed=seed, annotator=annotator or default_annotator(),
              round_size=round_size, media=media, host=host, port=port, open_browser=open_browser)

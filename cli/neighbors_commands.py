@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from embedcache.cli.command import Command
-from embedcache.cli.conventions import DEVICE, DISTANCE, OUT, OVERWRITE, QUIET, RUNS, SEED, SPLIT, renamed
+from embedcache.cli.conventions import DEVICE, DISTANCE, K, OUT, OVERWRITE, QUIET, RUNS, SEED, SPLIT, renamed
 from embedcache.cli.options import progress_bar
 
 
 @click.command(cls=Command)
 @click.argument("cache", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @RUNS("Made on this cache: report where their acquired points sit.")
-@click.option("--k", default=10, show_default=True, help="Neighbours per point.")
+@K("neighbours per point.", default=10, show_default=True)
 @OUT("A folder for summary.json, summary.md, knn.npz (CSR graph), knn_nodes.csv and duplicates.csv.", required=True)
 @DISTANCE(default="cosine", show_default=True)
 @renamed("neighbors", "--metric", "distance", type=DISTANCE.type)

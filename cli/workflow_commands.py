@@ -7,18 +7,13 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.command import Command
+from embedcache.cli.conventions import (CLASSES, ID_FIELD, IGNORE_CACHE_LABELS, K, LABELS, MEDIA, OUT, OVERWRITE,
+                                        QUIET, ROUND_SIZE, SEED, SPLIT, STRATEGY)
 from embedcache.cli.options import option_group, progress_bar
 
 COLD_START_NOTE = ("With no labels yet there is no model: the batch is a seeded random draw (cold start) whatever "
                    "--strategy says.")
-
-
-def _strategy(ctx, param, value: str) -> str:
-    from embedcache.acquisition import STRATEGIES
-
-    if value not in STRATEGIES:
-        raise click.BadParameter(f"{value!r} is not one of {', '.join(STRATEGIES.names())}", ctx=ctx, param=param)
-    return value
 
 
 def _classes(ctx, param, value: str | None) -> list[str] | None:
@@ -34,33 +29,22 @@ def _classes(ctx, param, value: str | None) -> list[str] | None:
 cache_argument = click.argument("cache", type=click.Path(path_type=Path, dir_okay=False))
 
 pool_options = option_group(
-    click.option("--classes", callback=_classes, metavar="A,B,...",
-                 help="Class names, comma-separated, in key order. Default: the cache's label names, then every new "
-                      "name the labels file brings, in order of first appearance."),
-    click.option("--split", default=None,
-                 help="The split whose unlabelled rows may be suggested (e.g. train); the stop set and the feature "
-                      "scaling come from it too. Default: every row."),
-    click.option("--ignore-cache-labels", is_flag=True,
-                 help="Treat the cache's own labels as unknown, so every row can be labelled: for trying the workflow "
-                      "on a dataset whose answers are known (the demo does)."),
+    CLASSES(callback=_classes),
+    SPLIT("The split whose unlabelled rows may be suggested (e.g. train); the stop set and the feature scaling come "
+          "from it too. Default: every row."),
+    IGNORE_CACHE_LABELS(),
 )
 
 model_options = option_group(
-    click.option("--strategy", default="least-confidence", show_default=True, callback=_strategy,
-                 help="Acquisition strategy ranking the pool: random, least-confidence, entropy or margin. "
-                      + COLD_START_NOTE),
-    click.option("--seed", default=0, show_default=True,
-                 help="Seed of the cold-start draw, of tie-breaks and of the stop set the stopping signals use."),
+    STRATEGY("It ranks the pool. " + COLD_START_NOTE, default="least-confidence", show_default=True),
+    SEED("the cold-start draw, tie-breaks and the stop set the stopping signals use.", default=0, show_default=True),
 )
 
 
 def labels_option(required: bool, help_extra: str = ""):
     return option_group(
-        click.option("--labels", "labels_path", type=click.Path(path_type=Path, dir_okay=False), required=required,
-                     help="Labels so far: our CSV (id,label,annotator,time,note; see `embedcache label`) or a Label "
-                          "Studio JSON export (choices)." + help_extra),
-        click.option("--id-field", default="embedcache_id", show_default=True,
-                     help="Label Studio exports: the task data field holding the cache id."),
+        LABELS(help_extra, name="labels_path", required=required),
+        ID_FIELD(default="embedcache_id", show_default=True),
     )
 
 
@@ -93,18 +77,16 @@ def _signals_lines(signals, rounds: int, round_size: int) -> list[str]:
     return lines
 
 
-@click.command()
+@click.command(cls=Command)
 @cache_argument
-@labels_option(required=False, help_extra=" A missing file means no labels yet.")
-@click.option("--k", default=20, show_default=True, type=click.IntRange(min=1), help="How many examples to suggest.")
+@labels_option(required=False, help_extra="A missing file means no labels yet.")
+@K("examples to suggest.", default=20, show_default=True)
 @model_options
 @pool_options
-@click.option("--round-size", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Labels per round of the stopping signals' history.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the batch here (.csv or .parquet). Default: CSV on standard output.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("--quiet", is_flag=True, help="No progress bar and no summary on standard error.")
+@ROUND_SIZE(default=10, show_default=True)
+@OUT("The batch (.csv or .parquet); default: CSV on standard output.")
+@OVERWRITE()
+@QUIET("Nor a summary on standard error.")
 def suggest(cache, labels_path, id_field, k, strategy, seed, classes, split, ignore_cache_labels, round_size, out,
             overwrite, quiet):
     """Suggest the next examples to label in your own data.
@@ -145,7 +127,7 @@ def suggest(cache, labels_path, id_field, k, strategy, seed, classes, split, ign
         click.echo("\n".join(lines), err=True)
 
 
-@click.command()
+@click.command(cls=Command)
 @cache_argument
 @labels_option(required=False)
 @click.option("--head", "head_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -154,10 +136,9 @@ def suggest(cache, labels_path, id_field, k, strategy, seed, classes, split, ign
 @click.option("--save-head", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also save the fitted head (.safetensors: weights, label map, the cache's recipe fingerprint).")
 @pool_options
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Predictions for every row: .parquet or .csv.")
-@click.option("--overwrite", is_flag=True, help="Replace existing --out / --save-head files.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@OUT("Predictions for every row (.parquet or .csv).", required=True)
+@OVERWRITE("It replaces an existing --save-head file too.")
+@QUIET()
 def predict(cache, labels_path, id_field, head_path, save_head, classes, split, ignore_cache_labels, out, overwrite,
             quiet):
     """Predict a label for every row of a cache.
@@ -184,7 +165,7 @@ def predict(cache, labels_path, id_field, head_path, save_head, classes, split, 
         raise click.UsageError("--save-head saves a head fitted on --labels; with --head the head is already saved")
     check_out(out, overwrite, (".csv", ".parquet"))
     if save_head is not None:
-        check_out(save_head, overwrite, (".safetensors",), "--save-head")
+        check_out(save_head, overwrite, (".safetensors",), "save_head")
     known: dict[str, str] = {}
     if head_path is not None:
         head = Head.load(head_path)
@@ -207,23 +188,20 @@ def predict(cache, labels_path, id_field, head_path, save_head, classes, split, 
                    (f"; head saved to {save_head}" if save_head else ""), err=True)
 
 
-@click.command("export-label-studio")
+@click.command("export-label-studio", cls=Command)
 @cache_argument
-@labels_option(required=False, help_extra=" A missing file means no labels yet (no predictions then).")
+@labels_option(required=False, help_extra="A missing file means no labels yet (no predictions then).")
 @model_options
 @pool_options
-@click.option("--k", type=click.IntRange(min=1), default=None,
-              help="Export only the k most informative examples (default: the whole pool).")
+@K("most informative examples to export (default: the whole pool).")
 @click.option("--from-name", default="label", show_default=True,
               help="Name of the Choices tag in your Label Studio labeling config.")
-@click.option("--media", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Images: the folder Label Studio serves as local files (LOCAL_FILES_DOCUMENT_ROOT); image URLs are "
-                   "relative to it. Default: the dataset's image folder.")
+@MEDIA("Label Studio serves it as local files (LOCAL_FILES_DOCUMENT_ROOT).")
 @click.option("--url-prefix", default="/data/local-files/?d=", show_default=True,
               help="Images: what goes before the relative path in each image URL.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The tasks file (.json).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("--quiet", is_flag=True, help="No progress bar, and no labeling config on standard output.")
+@OUT("The tasks file (.json).", required=True)
+@OVERWRITE()
+@QUIET("Nor the labeling config on standard output.")
 def export_label_studio(cache, labels_path, id_field, strategy, seed, classes, split, ignore_cache_labels, k,
                         from_name, media, url_prefix, out, overwrite, quiet):
     """Export the pool as Label Studio tasks, with the model's predictions.

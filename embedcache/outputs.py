@@ -163,18 +163,18 @@ def write_marker(folder: Path, command: str, files: Sequence[str] | None = None,
 class FileSet:
     """Files a command writes side by side (not a folder of their own): none may exist unless
     `overwrite`; `writing()` gives each a temporary name beside it and renames them all over their
-    targets once all are written. Errors name the parameter `out`."""
+    targets once all are written. Errors name the parameter `param` (default `out`)."""
 
-    def __init__(self, paths: Sequence[str | Path], overwrite: bool = False):
-        self.paths, self.overwrite = [Path(p) for p in paths], overwrite
+    def __init__(self, paths: Sequence[str | Path], overwrite: bool = False, param: str = "out"):
+        self.paths, self.overwrite, self.param = [Path(p) for p in paths], overwrite, param
         self.check()
 
     def check(self) -> None:
         for path in self.paths:
             if path.is_dir():
-                raise ConfigError(f"{path} is a folder; give a file name", param="out")
+                raise ConfigError(f"{path} is a folder; give a file name", param=self.param)
             if path.exists() and not self.overwrite:
-                raise ConfigError(f"{path} exists; pass `overwrite` to replace it", param="out")
+                raise ConfigError(f"{path} exists; pass `overwrite` to replace it", param=self.param)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[list[Path]]:
@@ -186,7 +186,7 @@ class FileSet:
             for written, path in zip(temporary, self.paths):
                 os.replace(written, path)
         except OSError as e:
-            raise ConfigError(f"{self.paths[0]}: cannot write there ({e.strerror or e})", param="out") from None
+            raise ConfigError(f"{self.paths[0]}: cannot write there ({e.strerror or e})", param=self.param) from None
         finally:
             for written in temporary:
                 written.unlink(missing_ok=True)

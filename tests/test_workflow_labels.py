@@ -148,7 +148,7 @@ def test_label_studio_export_is_read_as_labels(tmp_path):
                                                                       ("b", "dog", "ann@example.org")]
     export[1]["data"] = {"other": "a"}
     path.write_text(json.dumps(export))
-    with pytest.raises(LabelsError, match="task 8: data has no 'embedcache_id' field.*--id-field"):
+    with pytest.raises(LabelsError, match="task 8: data has no 'embedcache_id' field.*`id_field`"):
         read_labels(path)
     path.write_text(json.dumps(export[1:]))
     assert read_labels(path, id_field="other").label_of("a") == "cat"

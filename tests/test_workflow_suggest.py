@@ -80,11 +80,11 @@ def test_suggest_command_writes_a_batch_and_never_replaces_one_without_overwrite
     assert [list(b) for b in batch[:1]] == [["rank", "id", "score", "predicted", "probability", "text"]]
     assert [b["rank"] for b in batch] == ["1", "2", "3", "4", "5"]
     again = _run("suggest", cache, "--labels", labels_path, "--k", 5, "--out", out)
-    assert again.exit_code == 1 and f"--out {out} already exists; pass --overwrite" in again.output
+    assert again.exit_code == 2 and f"--out: {out} exists; pass --overwrite" in again.output
     stdout = _run("suggest", cache, "--labels", labels_path, "--k", 5, "--quiet")
     assert stdout.output.splitlines()[1].split(",")[:2] == ["1", batch[0]["id"]]
     typo = _run("suggest", cache, "--strategy", "margn")
-    assert typo.exit_code == 2 and "'margn' is not one of" in typo.output and "least-confidence" in typo.output
+    assert typo.exit_code == 2 and "unknown strategy 'margn'" in typo.output and "least-confidence" in typo.output
 
 
 def test_labels_the_cache_does_not_know_are_named(pool, tmp_path):
@@ -95,7 +95,7 @@ def test_labels_the_cache_does_not_know_are_named(pool, tmp_path):
     assert "'nope' (line 14)" in result.output
     bad = tmp_path / "bad.csv"
     LabelsFile(bad).label("doc001", "neutral")
-    with pytest.raises(LabelsError, match="outside --classes \\['negative', 'positive'\\]: 'neutral' for 'doc001'"):
+    with pytest.raises(LabelsError, match="outside `classes` \\['negative', 'positive'\\]: 'neutral' for 'doc001'"):
         Workspace(cache, classes=["negative", "positive"]).training_set(read_labels(bad))
 
 
@@ -120,7 +120,7 @@ def test_predict_saves_a_head_that_predicts_on_caches_of_the_same_recipe_only(po
     assert np.allclose([float(r["p_positive"]) for r in rows], table["p_positive"], atol=2e-6)
     foreign, _ = write_pool(tmp_path / "foreign", n=20, recipe_changes={"dtype": "float16"}, name="foreign.h5")
     refused = _run("predict", foreign, "--head", head, "--out", tmp_path / "foreign.csv")
-    assert refused.exit_code == 1 and f"--head {head} was fitted on features of recipe" in refused.output
+    assert refused.exit_code == 2 and f"{head} was fitted on features of recipe" in refused.output
     assert "foreign.h5 holds recipe" in refused.output and "dtype" in refused.output
     assert not (tmp_path / "foreign.csv").exists()
     both = _run("predict", cache, "--head", head, "--labels", labels_path, "--out", tmp_path / "x.csv")

@@ -173,7 +173,7 @@ def bind(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
         sock.close()
         from embedcache.errors import ConfigError
 
-        raise ConfigError(f"cannot listen on --host {host} --port {port}: {e.strerror}") from None
+        raise ConfigError(f"cannot listen on {host} port {port}: {e.strerror}", param="host") from None
     sock.listen(128)
     return sock
 

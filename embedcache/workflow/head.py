@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +81,16 @@ class Head:
         """Write (through a temporary file, renamed when complete); refuses an existing file unless `overwrite`."""
         from safetensors.numpy import save_file
 
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ConfigError(f"{path} already exists; pass --overwrite to replace it")
+        from embedcache.workflow.output import check_out
+
+        files = check_out(path, overwrite, (".safetensors",), param="save_head")
         metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "classes": json.dumps(self.classes),
                     "label_names": json.dumps(self.label_names), "recipe_fingerprint": self.fingerprint,
                     "recipe": canonical_json(self.recipe or {}), "n_labels": str(self.n_labels),
                     "embedcache_version": embedcache.__version__}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        save_file({"weight": self.weight, "bias": self.bias}, str(partial), metadata=metadata)
-        os.replace(partial, path)
-        return path
+        with files.writing() as (partial,):
+            save_file({"weight": self.weight, "bias": self.bias}, str(partial), metadata=metadata)
+        return files.paths[0]
 
     @classmethod
     def load(cls, path: str | Path) -> "Head":
@@ -101,18 +98,18 @@ class Head:
 
         path = Path(path)
         if not path.is_file():
-            raise CacheError(f"--head {path}: no such file")
+            raise CacheError(f"{path}: no such file", param="head_path")
         try:
             with safe_open(str(path), framework="numpy") as f:
                 metadata = f.metadata() or {}
                 if metadata.get("format") != FORMAT:
-                    raise CacheError(f"--head {path} is not an embedcache head (no format={FORMAT} in its metadata)")
+                    raise CacheError(f"{path} is not an embedcache head (no format={FORMAT} in its metadata)")
                 if metadata.get("format_version") != FORMAT_VERSION:
-                    raise CacheError(f"--head {path} has head format {metadata.get('format_version')}; this "
+                    raise CacheError(f"{path} has head format {metadata.get('format_version')}; this "
                                      f"embedcache reads {FORMAT_VERSION}")
                 weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
         except (SafetensorError, OSError) as e:
-            raise CacheError(f"--head {path}: cannot read as safetensors ({e})") from None
+            raise CacheError(f"{path}: cannot read as safetensors ({e})") from None
         return cls(weight.astype(np.float32), bias.astype(np.float32), json.loads(metadata["classes"]),
                    json.loads(metadata["label_names"]), metadata["recipe_fingerprint"], json.loads(metadata["recipe"]),
-                   int(metadata["n_labels"]), source=f"--head {path}")
+                   int(metadata["n_labels"]), source=str(path))

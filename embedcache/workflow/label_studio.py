@@ -88,7 +88,7 @@ def _relative(example, root: Path) -> str:
     try:
         return path.resolve().relative_to(root).as_posix()
     except ValueError:
-        raise ConfigError(f"--media {root}: the image of id {example.id!r} ({path}) is outside it") from None
+        raise ConfigError(f"{root}: the image of id {example.id!r} ({path}) is outside it", param="media") from None
 
 
 def read_export(path: str | Path, id_field: str = ID_FIELD) -> LabelState:
@@ -111,7 +111,7 @@ def read_export(path: str | Path, id_field: str = ID_FIELD) -> LabelState:
         if not annotations:
             continue
         if data.get(id_field) in (None, ""):
-            raise LabelsError(f"{name}: data has no {id_field!r} field to find the cache row by; pass --id-field "
+            raise LabelsError(f"{name}: data has no {id_field!r} field to find the cache row by; pass `id_field` "
                               f"with the field that holds the cache ids (it has {sorted(data)})")
         for a, annotation in enumerate(annotations):
             choices = [r for r in annotation.get("result") or [] if isinstance(r, dict) and r.get("type") == "choices"]

@@ -257,7 +257,7 @@ class LabellingSession:
         try:
             relative = Path(path).resolve().relative_to(self.media_root)
         except ValueError:
-            return None, f"the image is outside --media {self.media_root}"
+            return None, f"the image is outside the media folder {self.media_root}"
         return "/media/" + urllib.parse.quote(relative.as_posix()), None
 
     def _panel(self, rows: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:

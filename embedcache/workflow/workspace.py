@@ -73,7 +73,7 @@ class Workspace:
         self.split = split
         self.split_rows = meta.split_indices(split) if split is not None else np.arange(len(meta))
         if not len(self.split_rows):
-            raise ConfigError(f"--split {split!r} of {self.path} has no rows")
+            raise ConfigError(f"{split!r} of {self.path} has no rows", param="split")
         self.cache_labels = cache_labels
         known = meta.label >= 0 if cache_labels else np.zeros(len(meta), dtype=bool)
         self.cache_labelled = np.flatnonzero(known)
@@ -82,15 +82,15 @@ class Workspace:
             self.base_classes = [str(c).strip() for c in classes]
             if not self.base_classes or any(not c for c in self.base_classes) or \
                     len(set(self.base_classes)) != len(self.base_classes):
-                raise ConfigError(f"--classes must be distinct non-empty names, got {list(classes)}")
+                raise ConfigError(f"must be distinct non-empty names, got {list(classes)}", param="classes")
         else:
             self.base_classes = list(meta.label_names or [])
         if cache_labels and len(self.cache_labelled):
             cache_names = meta.label_names or tuple(str(c) for c in range(int(meta.label.max()) + 1))
             missing = [n for n in cache_names if n not in self.base_classes]
             if missing and self.fixed_classes:
-                raise ConfigError(f"{self.path} labels rows as {missing}, which --classes lacks; add them or pass "
-                                  "--ignore-cache-labels")
+                raise ConfigError(f"{self.path} labels rows as {missing}, which `classes` lacks; add them or pass "
+                                  "`ignore_cache_labels`")
             self.base_classes += missing
             index = {name: i for i, name in enumerate(self.base_classes)}
             self._cache_y = np.array([index[cache_names[c]] for c in meta.label[self.cache_labelled]], dtype=np.int64)
@@ -125,7 +125,7 @@ class Workspace:
         strange = [row for row in labels if row.label not in index]
         if strange:
             shown = ", ".join(f"{r.label!r} for {r.id!r} (line {r.line})" for r in strange[:5])
-            raise LabelsError(f"{state.source}: label(s) outside --classes {classes}: {shown}")
+            raise LabelsError(f"{state.source}: label(s) outside `classes` {classes}: {shown}")
         rows = np.array([self._row_of[r.id] for r in labels], dtype=np.int64)
         twice = np.intersect1d(rows, self.cache_labelled)
         if len(twice):
