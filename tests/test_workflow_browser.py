@@ -184,7 +184,7 @@ def test_an_image_example_loads_from_the_media_folder(browser, tmp_path):
 def test_demo_label_page_on_the_generated_reviews(browser, tmp_path, minilm_path):
     """`embedcache demo --label` with the real MiniLM: label a handful; the screenshot is the README's."""
     out = tmp_path / "demo"
-    server = Server("demo", "--label", "--quick", "--no-open", "--out", str(out))
+    server = Server("demo", "--label", "--quick", "--out", str(out))
     try:
         reviews = [json.loads(line) for line in (out / "data" / "reviews.jsonl").read_text().splitlines()]
         truth = {r["id"]: r["label"] for r in reviews}
