@@ -23,12 +23,12 @@ from typing import Callable
 import numpy as np
 
 from embedcache.acquisition import create_strategy
-from embedcache.cache import library_versions
 from embedcache.errors import CacheError, ConfigError
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
 from embedcache.records import Run, RunWriter, check_identity, read_existing, read_run, record_path
+from embedcache.versions import library_versions
 
 #: on_round(record, n_rounds): called after each round is written.
 OnRound = Callable[[dict, int], None]

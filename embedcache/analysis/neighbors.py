@@ -31,8 +31,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from embedcache.errors import ConfigError
-from embedcache.kernels.pool import Pool, as_pool, to_host
 from embedcache.metadata import LABEL, Metadata
+from embedcache.pool import Pool, as_pool, to_host
 
 METRICS = ("cosine", "l2")
 DEVICES = ("auto", "cpu", "gpu")

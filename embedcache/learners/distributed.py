@@ -14,8 +14,8 @@ import os
 
 import torch
 
+from embedcache.devices import resolve_device
 from embedcache.errors import ConfigError
-from embedcache.extract import resolve_device
 
 
 def world_size() -> int:

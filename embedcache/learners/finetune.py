@@ -47,8 +47,8 @@ import torch
 from embedcache.backbones import Backbone, ImagePreprocess
 from embedcache.datasets import DatasetAdapter
 from embedcache.errors import ConfigError, DatasetError
-from embedcache.extract import default_workers, example_loader
 from embedcache.learners import distributed, fit_arguments
+from embedcache.loading import default_workers, example_loader
 from embedcache.recipe import Recipe
 
 #: progress(phase, done, total): phase "train" counts optimizer steps, "predict" examples scored;
