@@ -104,7 +104,8 @@ class LinearExperiment:
                            functools.partial(_nonfinite_in_cache, Path(self.cache)))
         num_classes, config = metadata.num_classes, self.learner
         return Session(metadata, source, config.describe(), ranker,
-                       lambda: LinearLearner(features, num_classes, config), lambda rows: _nonfinite(_blocks(features, rows)))
+                       lambda: LinearLearner(features, num_classes, config),
+                       lambda rows: _nonfinite(_blocks(features, rows)))
 
 
 def aligned_features(cache_path: str | Path, metadata: Metadata) -> tuple[np.ndarray, dict]:

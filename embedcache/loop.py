@@ -254,7 +254,7 @@ def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_rou
             if protocol.pool_size is not None and protocol.pool_size < len(candidates):
                 candidates = np.sort(_rng(seed, "pool", r).choice(candidates, protocol.pool_size, replace=False))
             pool_size = len(candidates)
-            chosen, scores = chooser.select(learner.ranker, candidates, schedule[r], _round_seed(seed, r))
+            chosen, scores = chooser.select(learner.ranker, candidates, rows, schedule[r], _round_seed(seed, r))
             is_labeled[chosen] = True
             labeled.append(np.asarray(chosen, dtype=np.int64))
         record["acquired"] = {"ids": metadata.ids[chosen].tolist(), "scores": np.asarray(scores, float).tolist(),

@@ -13,6 +13,8 @@ from embedcache.scoring import (LOGIT_SCORES, PROBABILITY_SCORES, UNCERTAINTY_SC
                                 tie_priority, top_k, topk_disagreement)
 from embedcache.testing import reference_learner
 
+#: Rows labelled before the candidates are scored.
+LABELED = np.arange(20)
 P = np.array([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
 
 
@@ -55,14 +57,14 @@ def test_tie_priority_does_not_depend_on_chunking():
 def test_uncertainty_strategies_rank_best_first_by_their_formula(name):
     """With or without the learner's fused ranking, the same picks, best first, led by the highest score."""
     strategy = create_strategy(name)
-    candidates = np.sort(np.random.default_rng(2).choice(500, 200, replace=False))
+    candidates = np.sort(np.random.default_rng(2).choice(np.arange(20, 500), 200, replace=False))
     unfused = reference_learner(strategy.requires)
     fused = reference_learner(strategy.requires | {Capability.FUSED_RANKING})
-    rows, scores = strategy.select(unfused, candidates, 17, seed=5)
+    rows, scores = strategy.select(unfused, candidates, LABELED, 17, seed=5)
     assert np.all(np.diff(scores) <= 0), "best first"
     outputs = unfused.predict_logits(candidates) if name in LOGIT_SCORES else unfused.predict_proba(candidates)
     assert np.isclose(scores[0], strategy.score(outputs).max())
-    fused_rows, fused_scores = strategy.select(fused, candidates, 17, seed=5)
+    fused_rows, fused_scores = strategy.select(fused, candidates, LABELED, 17, seed=5)
     assert np.array_equal(rows, fused_rows) and np.array_equal(scores, fused_scores)
 
 
@@ -84,7 +86,7 @@ def test_the_dispatcher_asks_a_learner_that_ranks_fused_for_its_top_k():
         def predict_proba(self, rows):
             raise AssertionError("the fused path must not materialise probabilities")
 
-    create_strategy("entropy").select(Counting(500, 3, 8, 1), np.arange(100), 5, 0)
+    create_strategy("entropy").select(Counting(500, 3, 8, 1), np.arange(100, 200), LABELED, 5, 0)
     assert Counting.calls == 1
 
 

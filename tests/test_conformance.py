@@ -55,7 +55,7 @@ def test_a_strategy_using_more_than_it_requires_fails_its_check(monkeypatch):
 
         name, requires = "sneaky", frozenset({Capability.PROBA})
 
-        def select(self, learner, candidates, k, seed):
+        def select(self, learner, candidates, labeled, k, seed):
             return top_k(-learner.predict_logits(candidates).max(axis=1), candidates, k, seed)
 
     monkeypatch.setitem(STRATEGIES._entries, "sneaky", Sneaky)

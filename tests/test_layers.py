@@ -64,8 +64,9 @@ def _imports(module: str, path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if node.level:  # relative: from the package, `level - 1` packages up
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             if base == ROOT:
                 found += [(node.lineno, ROOT if a.name == "__version__" else f"{ROOT}.{a.name}") for a in node.names]
             else:

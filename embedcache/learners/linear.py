@@ -245,8 +245,8 @@ class LinearLearner(BaseLearner):
         return full
 
     def embed(self, rows: np.ndarray) -> np.ndarray:
-        """`[n, D]` float32: the vectors the head reads, standardised with the pool's statistics (as they are
-        without `standardize`)."""
+        """`[n, D]` float32: the vectors the head reads, standardised with the statistics `fit` uses (the
+        pool's given to `prepare`, else all rows'; as they are without `standardize`)."""
         if not self._stats_ready:
             self._set_stats(self.features)
         return self._standardized(np.ascontiguousarray(rows, dtype=np.int64)).to(torch.float32).cpu().numpy()

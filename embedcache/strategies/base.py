@@ -1,8 +1,9 @@
 """What a strategy is, and the registry `al --strategy` names it in.
 
 A strategy picks the next examples to label from the unlabelled candidates, given the learner that
-ranks the pool (`learner.ranker`, fitted on the labelled set), and declares the learner capabilities
-it needs (`requires`, see `embedcache.learners.base`). The loop checks `requires` against that
+ranks the pool (`learner.ranker`, fitted on the labelled set) and the rows labelled so far (what
+diversity strategies measure distances to), and declares the learner capabilities it needs
+(`requires`, see `embedcache.learners.base`). The loop checks `requires` against that
 learner while a run is planned, so a strategy only ever sees a learner that offers what it asks for.
 """
 
@@ -24,9 +25,11 @@ class Strategy(abc.ABC):
     requires: frozenset[Capability] = frozenset()
 
     @abc.abstractmethod
-    def select(self, learner: Learner, candidates: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of the k chosen candidates, first choice first (all of them when k exceeds their
-        number); every random choice comes from `seed`, and the order candidates come in does not matter."""
+    def select(self, learner: Learner, candidates: np.ndarray, labeled: np.ndarray, k: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the k chosen `candidates`, first choice first (all of them when k exceeds their
+        number). `labeled`: the rows the learner was fitted on. Every random choice comes from `seed`, and
+        the order candidates come in does not matter."""
 
 
 STRATEGIES: Registry[Callable[[], Strategy]] = Registry("strategy")

@@ -14,7 +14,7 @@ class RandomStrategy(Strategy):
 
     name = "random"
 
-    def select(self, learner, candidates, k, seed):
+    def select(self, learner, candidates, labeled, k, seed):
         candidates = np.asarray(candidates, dtype=np.int64)
         scores = tie_priority(candidates, seed ^ 0x5EED).astype(np.float64) / 2.0**64
         return top_k(scores, candidates, k, seed)

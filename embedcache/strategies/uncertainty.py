@@ -25,7 +25,7 @@ class UncertaintyStrategy(Strategy):
         self.score = LOGIT_SCORES[name] if self.reads_logits else PROBABILITY_SCORES[name]
         self.requires = frozenset({Capability.LOGITS if self.reads_logits else Capability.PROBA})
 
-    def select(self, learner, candidates, k, seed):
+    def select(self, learner, candidates, labeled, k, seed):
         if isinstance(learner, RanksPool):
             return learner.top_k(candidates, self.name, k, seed)
         outputs = learner.predict_logits(candidates) if self.reads_logits else learner.predict_proba(candidates)
