@@ -207,8 +207,9 @@ CAPABILITY_CHECKS: dict[Capability, Callable[[Any, LearnerExample], Any]] = {
 }
 
 
-def _gaussian_task(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Features whose first `classes` coordinates carry the label, on noise of uneven scale and offset."""
+def gaussian_task(classes: int, n: int = 600, dim: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(features float32 [n, dim], labels [n]): the first `classes` coordinates carry the label, on noise of
+    uneven scale and offset (what a linear head must standardise)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
     x = rng.normal(size=(n, dim)) * rng.uniform(0.5, 3, dim) + rng.normal(size=dim) * 2
@@ -219,7 +220,7 @@ def _gaussian_task(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarra
 def _linear_example(folder: Path) -> LearnerExample:
     from embedcache.learners.linear import LinearLearner
 
-    x, y = _gaussian_task(600, 40, 4, seed=0)
+    x, y = gaussian_task(4)
     return LearnerExample(lambda: LinearLearner(x, 5), y, np.arange(200), np.arange(300, 400), 5, 0.6)
 
 

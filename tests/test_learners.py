@@ -10,19 +10,11 @@ from sklearn.linear_model import LogisticRegression
 from embedcache.errors import ConfigError
 from embedcache.learners.linear import LinearConfig, LinearLearner
 from embedcache.scoring import top_k
-from embedcache.testing import LearnerExample, check_learner
-
-
-def _data(classes: int, n: int = 600, dim: int = 40, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = rng.normal(size=(n, dim)) * rng.uniform(0.5, 3, dim) + rng.normal(size=dim) * 2
-    x[:, :classes] += np.eye(classes)[y] * 3
-    return x.astype(np.float32), y
+from embedcache.testing import LearnerExample, check_learner, gaussian_task
 
 
 def _lbfgs(request) -> LearnerExample:
-    x, y = _data(4)
+    x, y = gaussian_task(4)
     return LearnerExample(lambda: LinearLearner(x, 5, LinearConfig(solver="lbfgs")), y, np.arange(200),
                           np.arange(300, 400), 5, 0.6)
 
@@ -59,7 +51,7 @@ def test_learner_variants_conform(name, request):
 def test_classes_absent_from_the_labelled_set():
     """The linear head fits the classes it has seen: an absent class has probability exactly 0 and logit
     -inf; with one class seen, every row is certain of it (and ranks by the tie rule alone)."""
-    x, y = _data(4)
+    x, y = gaussian_task(4)
     learner = LinearLearner(x, 5).fit(np.arange(200), y[:200])
     assert (learner.predict_proba(np.arange(300, 400))[:, 4] == 0).all()
     assert np.isneginf(learner.predict_logits(np.arange(300, 400))[:, 4]).all()
@@ -74,7 +66,7 @@ def test_classes_absent_from_the_labelled_set():
 @pytest.mark.parametrize("classes, C, standardize", [(2, 1.0, False), (2, 0.05, True), (3, 0.5, False),
                                                      (5, 2.0, True)])
 def test_linear_head_matches_scikit_learn(solver, classes, C, standardize):
-    x, y = _data(classes)
+    x, y = gaussian_task(classes)
     rows = np.arange(150)
     learner = LinearLearner(x, classes, LinearConfig(C=C, standardize=standardize, solver=solver))
     reference = x.astype(np.float64)
@@ -88,7 +80,7 @@ def test_linear_head_matches_scikit_learn(solver, classes, C, standardize):
 
 
 def test_warm_start_starts_closer_and_reaches_the_cold_start_solution():
-    x, y = _data(2, dim=300)
+    x, y = gaussian_task(2, dim=300)
     warm = LinearLearner(x, 2, LinearConfig(C=0.3))
     cold = LinearLearner(x, 2, LinearConfig(C=0.3, warm_start=False))
     for n in (40, 45, 50, 55):
@@ -100,7 +92,7 @@ def test_warm_start_starts_closer_and_reaches_the_cold_start_solution():
 
 
 def test_one_class_and_bad_labels():
-    x, y = _data(2)
+    x, y = gaussian_task(2)
     learner = LinearLearner(x, 3).fit(np.arange(5), np.full(5, 2))
     assert (learner.predict_proba(np.arange(3)) == [0, 0, 1]).all() and learner.training_["stopped_by"] == "one_class"
     with pytest.raises(ConfigError, match="labels must be in 0..2"):
@@ -117,7 +109,7 @@ def test_linear_fused_ranking_equals_scoring_its_probabilities(strategy, classes
     to ties (the determinism contract), and give the same bits when asked twice."""
     from embedcache.scoring import PROBABILITY_SCORES, top_k, topk_disagreement
 
-    x, y = _data(classes)
+    x, y = gaussian_task(classes)
     x[400:450] = x[300]  # planted ties: identical rows score identically
     pool = np.arange(100, 600)
     learner = LinearLearner(x, classes)
