@@ -41,7 +41,7 @@ def main() -> None:
     from embedcache.backbones import create_backbone
     from embedcache.datasets import create_dataset
     from embedcache.datasets.synthetic import write_image_manifest
-    from embedcache.extract import resolve_device
+    from embedcache.devices import resolve_device
     from embedcache.learners.finetune import FinetuneLearner, FinetuneOptions, default_recipe
 
     device = resolve_device(args.device)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from embedcache.analysis.neighbors import NeighborIndex, NeighborOptions, knn_graph
-from embedcache.kernels.pool import as_pool
+from embedcache.pool import as_pool
 
 from score import cpu_model, versions  # benchmarks/ is the script's folder
 from embedcache.kernels.cpu import default_threads

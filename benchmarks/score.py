@@ -22,7 +22,7 @@ import numpy as np
 from embedcache.scoring import PROBABILITY_SCORES
 from embedcache.kernels import score_topk
 from embedcache.kernels.cpu import default_threads
-from embedcache.kernels.pool import cuda_status
+from embedcache.pool import cuda_status
 
 
 def cpu_model() -> str:

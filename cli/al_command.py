@@ -105,7 +105,7 @@ class Learners:
 def _learners(C, standardize, solver, device, recipe_options, micro_batch, eval_batch_size, num_workers, train_seed,
               amp) -> Learners:
     from embedcache.errors import ConfigError
-    from embedcache.extract import resolve_device
+    from embedcache.devices import resolve_device
     from embedcache.learners.finetune import FinetuneOptions
     from embedcache.learners.linear import LinearConfig
 

@@ -47,7 +47,7 @@ class Registered(click.ParamType):
 
 
 def _strategy(name: str) -> None:
-    from embedcache.acquisition import create_strategy
+    from embedcache.strategies import create_strategy
 
     create_strategy(name)
 

@@ -48,6 +48,7 @@ from embedcache.errors import CacheError, ConfigError, DatasetError
 from embedcache.faults import crash_point
 from embedcache.metadata import Metadata
 from embedcache.recipe import canonical_json, recipe_difference, recipe_fingerprint, vectors_digest
+from embedcache.versions import library_versions
 
 SCHEMA_VERSION = 1
 EMBEDDING_DTYPES = ("float16", "float32")
@@ -76,19 +77,6 @@ class CacheWriteError(CacheError):
     """The operating system refused a write (disk full, quota, file size limit, read-only folder).
 
     Nothing written after the last flush reaches the file, which stays resumable (see `_WriteGuard`)."""
-
-
-def library_versions() -> dict:
-    """Versions of the libraries that shape the numbers, recorded in every cache and run."""
-    import importlib.metadata as md
-
-    versions = {"embedcache": embedcache.__version__}
-    for name in ("torch", "torchvision", "timm", "transformers", "numpy", "h5py"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
 
 
 def partial_path(out: str | Path) -> Path:

@@ -24,18 +24,19 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from embedcache.acquisition import create_strategy
 from embedcache.cache import EmbeddingCache
 from embedcache.errors import ConfigError
 from embedcache.faults import crash_point
 from embedcache.learners import distributed
+from embedcache.learners.base import Learner, RankerCapabilities
 from embedcache.learners.finetune import FinetuneOptions, Progress
 from embedcache.learners.linear import LinearConfig, LinearLearner
-from embedcache.loop import NonfiniteRows, Plan, describe, execute, plan_run, run_al
+from embedcache.loop import NonfiniteRows, Plan, execute, plan_run, run_al
 from embedcache.metadata import Metadata
 from embedcache.protocols import Protocol
 from embedcache.recipe import recipe_label
 from embedcache.records import RecordLock, RoundRecord, Run, Source, read_run
+from embedcache.strategies import create_strategy
 
 #: on_round(strategy, seed, record, n_rounds): after each round (single-process runs only).
 OnRound = Callable[[str, int, RoundRecord, int], None]
@@ -46,7 +47,8 @@ OnRun = Callable[[Run, int, int], None]
 @dataclasses.dataclass
 class Session:
     """What every run of an experiment shares inside one process: the metadata, the features'
-    description (`source`), the learner's (`learner_description`, its `describe()`),
+    description (`source`), the learner's (`learner_description`, its `describe()`), what the
+    learner that ranks the pool offers (`ranker`: the strategies are checked against it),
     `make_learner` (None in a session opened without learners), and `nonfinite_rows` (rows whose
     features hold NaN/inf; None when the experiment holds no such numbers). `serve` is set on the
     ranks other than 0 of a torchrun launch: they serve rank 0's learner instead of running the
@@ -55,7 +57,8 @@ class Session:
     metadata: Metadata
     source: Source
     learner_description: dict
-    make_learner: Callable[[], object] | None
+    ranker: RankerCapabilities
+    make_learner: Callable[[], Learner] | None
     nonfinite_rows: NonfiniteRows | None = None
     serve: Callable[[], None] | None = None
     close: Callable[[], None] = lambda: None
@@ -94,11 +97,13 @@ class LinearExperiment:
             source = Source(cache.fingerprint, cache.dataset.get("manifest_sha256") or metadata.fingerprint(),
                             recipe_label(cache.recipe), str(Path(self.cache).resolve()), cache.dataset)
             features = cache.embeddings(dtype=np.float32) if learners else None
+        ranker = RankerCapabilities.of_class(LinearLearner)
         if features is None:
-            return Session(metadata, source, self.learner.describe(), None,
+            return Session(metadata, source, self.learner.describe(), ranker, None,
                            functools.partial(_nonfinite_in_cache, Path(self.cache)))
         num_classes, config = metadata.num_classes, self.learner
-        return Session(metadata, source, config.describe(), lambda: LinearLearner(features, num_classes, config),
+        return Session(metadata, source, config.describe(), ranker,
+                       lambda: LinearLearner(features, num_classes, config),
                        lambda rows: _nonfinite(_blocks(features, rows)))
 
 
@@ -197,7 +202,8 @@ class FinetuneExperiment:
 
         follower = finetune.context.rank != 0
         nonfinite = None if features is None else (lambda rows: _nonfinite(_blocks(features, rows)))
-        return Session(metadata, source, describe(make_learner()), make_learner, nonfinite,
+        learner = make_learner()
+        return Session(metadata, source, learner.describe(), RankerCapabilities.of(learner), make_learner, nonfinite,
                        serve=finetune.serve if follower else None, close=finetune.close)
 
 
@@ -232,7 +238,7 @@ def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: S
     if not strategies or not seeds:
         raise ConfigError("no runs to make: give at least one --strategy and one seed")
     for strategy in strategies:
-        create_strategy(strategy)  # every name, before anything is opened
+        create_strategy(strategy)  # every name, before anything is opened (capabilities: when each run is planned)
     finished: list[Run] = []
     total = len(strategies) * len(seeds)
 
@@ -250,7 +256,7 @@ def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: S
         return []
     try:
         plan = Plan.make(protocol, session.metadata, session.nonfinite_rows)
-        runs = [plan_run(plan, session.learner_description, strategy, seed, out_dir, session.source)
+        runs = [plan_run(plan, session.learner_description, strategy, seed, out_dir, session.source, session.ranker)
                 for strategy in strategies for seed in seeds]
         todo = [run for run in runs if not run.complete]
         for run in todo:  # a read-only folder or a record another process writes: refused before any write

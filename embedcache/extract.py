@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -14,13 +13,13 @@ import torch
 from embedcache.backbones import Backbone
 from embedcache.cache import PARTIAL_SUFFIX, CacheWriteError, EmbeddingCache, NotACacheError, partial_path
 from embedcache.datasets import DatasetAdapter
+from embedcache.devices import resolve_amp, resolve_device
 from embedcache.errors import CacheError, ConfigError, DatasetError
+from embedcache.loading import example_loader
 from embedcache.metadata import Metadata
 from embedcache.recipe import recipe_difference, recipe_fingerprint
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: What `ExtractOptions.amp` takes: a precision, "auto" (bf16 on CUDA, none on the CPU) or "none" (None too).
-AMP_CHOICES = ("auto", *AMP_DTYPES, "none")
 #: progress(done, total): called once at the start and after every batch.
 Progress = Callable[[int, int], None]
 
@@ -51,79 +50,11 @@ class ExtractResult:
     seconds: float
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"{device!r}: expected auto, cpu, cuda or cuda:N", param="device") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{device}: CUDA is not available on this machine", param="device")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ConfigError(f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s)", param="device")
-    return resolved
-
-
-def resolve_amp(amp: str | None, device: torch.device) -> str | None:
-    """The autocast precision the recipe records: "bf16", "fp16" or None. "auto" is bf16 on a CUDA device
-    that supports it and None elsewhere; "none" and None are None."""
-    if amp is not None and amp not in AMP_CHOICES:
-        raise ConfigError(f"{amp!r}: expected one of {', '.join(AMP_CHOICES)}", param="amp")
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return None if amp in (None, "none") else amp
-
-
 def shard_range(n: int, index: int, count: int) -> range:
     """The index-th of `count` contiguous, near-equal slices of range(n)."""
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"{index}/{count}: need 0 <= I < N", param="shard")
     return range(index * n // count, (index + 1) * n // count)
-
-
-class _Examples(torch.utils.data.Dataset):
-    """Loads and transforms example `rows[k]`; failures are returned, not raised, so they can be skipped."""
-
-    def __init__(self, dataset: DatasetAdapter, transform: Callable, rows: Sequence[int]):
-        self.dataset, self.transform, self.rows = dataset, transform, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        try:
-            return self.transform(self.dataset.load(self.rows[k])), None
-        except DatasetError as e:
-            return None, str(e)
-        except Exception as e:  # a transform failing on odd input (e.g. a 1-pixel image)
-            return None, f"{self.dataset.location(self.rows[k])}: {type(e).__name__}: {e}"
-
-
-class _Collate:
-    def __init__(self, collate: Callable):
-        self.collate = collate
-
-    def __call__(self, items: list):
-        good = [x for x, err in items if err is None]
-        errors = {k: err for k, (_, err) in enumerate(items) if err is not None}
-        return len(items), (self.collate(good) if good else None), errors
-
-
-def default_workers(modality: str) -> int:
-    """Loader processes when none are asked for: one fewer than the CPUs (at most 8) for images, 0 for text."""
-    return min(8, max(1, (os.cpu_count() or 2) - 1)) if modality == "image" else 0
-
-
-def example_loader(dataset: DatasetAdapter, transform: Callable, collate: Callable, rows: Sequence[int],
-                   batch_size: int, num_workers: int | None = None,
-                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Batches of dataset `rows` in order, as `(size, batch, errors)`: `batch` collates the examples that
-    loaded (None if none did), `errors` maps a failed example's position in the batch to its message.
-    Extraction and finetuning both read examples through this one loader."""
-    workers = default_workers(dataset.modality) if num_workers is None else num_workers
-    return torch.utils.data.DataLoader(_Examples(dataset, transform, rows), batch_size=batch_size, shuffle=False,
-                                       num_workers=workers, collate_fn=_Collate(collate), pin_memory=pin_memory)
 
 
 def _difference(cache: EmbeddingCache, recipe: dict, dataset: dict, shard: dict | None) -> str | None:

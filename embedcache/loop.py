@@ -1,5 +1,5 @@
-"""The active-learning loop. It drives any learner (`fit(rows, y)`, `predict_proba(rows)`) and never
-knows whether that is a linear head on cached embeddings or a finetuned network.
+"""The active-learning loop. It drives any learner of the contract in `embedcache.learners.base`
+and never knows whether that is a linear head on cached embeddings or a finetuned network.
 
 Round r: fit on the labelled set, evaluate the requested splits, then (unless the budget is spent)
 score the unlabelled pool (a fresh random subsample of it each round when the protocol has a
@@ -8,8 +8,10 @@ set, pool subsample, tie-breaks, the random strategy) is drawn from the run seed
 number, so a run is reproducible, and a resumed run continues exactly as an uninterrupted one.
 
 A run is planned before it is executed: `Plan.make` checks the protocol against the data (and the
-features' finiteness), `plan_run` the strategy, the seed set and any record already on disk, all
-without writing; `execute` then takes the record's lock and writes its header and rounds.
+features' finiteness), `plan_run` the strategy (a registered name, and one whose `requires` the
+learner that ranks the pool offers), the seed set and any record already on disk, all without
+writing; `execute` then takes the record's lock and writes its header and rounds. Strategies see
+`learner.ranker` (the learner itself, or a hybrid's scoring side).
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from typing import Callable
 
 import numpy as np
 
-from embedcache.acquisition import create_strategy
-from embedcache.cache import library_versions
 from embedcache.errors import CacheError, ConfigError
+from embedcache.learners.base import ChecksFeatures, Learner, RankerCapabilities
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
 from embedcache.records import (Acquisition, RoundRecord, Run, RunHeader, RunWriter, Source, SplitMetrics, Training,
                                 check_identity, read_existing, read_run, record_path)
+from embedcache.strategies import create_strategy
+from embedcache.versions import library_versions
 
 #: on_round(record, n_rounds): called after each round is written.
 OnRound = Callable[[RoundRecord, int], None]
@@ -165,11 +168,13 @@ class PlannedRun:
         return self.existing is not None and self.existing.complete
 
 
-def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str | Path, source: Source) -> PlannedRun:
+def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str | Path, source: Source,
+             ranker: RankerCapabilities) -> PlannedRun:
     """Check one run (its strategy, its seed set) and read its record if there is one: a record of
     another configuration is refused (RecordError naming the differences); nothing is written, so
-    this works on read-only records. `learner` is the learner's `describe()`."""
-    create_strategy(strategy)  # an unknown name fails before any file is written
+    this works on read-only records. `learner` is the learner's `describe()`, `ranker` what the learner
+    that ranks the pool offers: a strategy needing a capability it lacks is a ConfigError naming both."""
+    ranker.require(create_strategy(strategy).requires, strategy)  # and an unknown name fails here
     protocol, metadata = plan.protocol, plan.metadata
     seed_rows = seed_set(metadata.label[plan.pool], plan.pool, protocol.seed_size, protocol.seed_balanced,
                          _rng(seed, "seed-set"))
@@ -185,13 +190,7 @@ def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str |
     return PlannedRun(plan, strategy, seed, seed_rows, header, path, existing)
 
 
-def describe(learner) -> dict:
-    """The learner's description for the run header (its class name when it has no `describe`)."""
-    describe_ = getattr(learner, "describe", None)
-    return describe_() if describe_ is not None else {"learner": type(learner).__name__}
-
-
-def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path, *,
+def run_al(learner: Learner, metadata: Metadata, protocol: Protocol, strategy: str, seed: int, out_dir: str | Path, *,
            source: Source, on_round: OnRound | None = None) -> Run:
     """Run (or resume, or skip if finished) one (strategy, seed) run and return its record.
 
@@ -199,15 +198,15 @@ def run_al(learner, metadata: Metadata, protocol: Protocol, strategy: str, seed:
     `backbone` label for plots and `data` (which examples: the cache's or dataset's
     `Metadata.fingerprint`; the metadata's own when empty); it goes into the record header. A
     record is resumed or reused only if features, data, protocol, learner and strategy are all the
-    same. Everything is checked (the features too, when the learner offers `nonfinite_rows`)
-    before the first byte is written.
+    same. Everything is checked (the features too, when the learner can check them:
+    `ChecksFeatures`) before the first byte is written.
     """
-    plan = Plan.make(protocol, metadata, getattr(learner, "nonfinite_rows", None))
-    planned = plan_run(plan, describe(learner), strategy, seed, out_dir, source)
+    plan = Plan.make(protocol, metadata, learner.nonfinite_rows if isinstance(learner, ChecksFeatures) else None)
+    planned = plan_run(plan, learner.describe(), strategy, seed, out_dir, source, RankerCapabilities.of(learner))
     return planned.existing if planned.complete else execute(planned, learner, on_round)
 
 
-def execute(planned: PlannedRun, learner, on_round: OnRound | None = None) -> Run:
+def execute(planned: PlannedRun, learner: Learner, on_round: OnRound | None = None) -> Run:
     """Run a planned run from where its record stands: take the record's lock (refused while another
     process writes it), write the header if the record has none, then one line per round."""
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -218,7 +217,7 @@ def execute(planned: PlannedRun, learner, on_round: OnRound | None = None) -> Ru
     return read_run(planned.path)
 
 
-def _run_rounds(planned: PlannedRun, learner, writer: RunWriter, on_round: OnRound | None) -> None:
+def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_round: OnRound | None) -> None:
     plan, seed, seed_rows = planned.plan, planned.seed, planned.seed_rows
     protocol, metadata = plan.protocol, plan.metadata
     chooser = create_strategy(planned.strategy)
@@ -226,9 +225,8 @@ def _run_rounds(planned: PlannedRun, learner, writer: RunWriter, on_round: OnRou
     schedule = protocol.schedule()
     row_of = {i: r for r, i in enumerate(metadata.ids)}
     labeled = [seed_rows] + [np.array([row_of[i] for i in r.acquired.ids], dtype=np.int64) for r in writer.rounds]
-    if hasattr(learner, "prepare"):
-        learner.prepare(plan.pool, plan.evaluation)
-    if getattr(learner, "warm_start", False):  # rebuild the warm-start chain the finished rounds left
+    learner.prepare(plan.pool, plan.evaluation)
+    if learner.warm_start:  # rebuild the warm-start chain the finished rounds left
         for r in range(len(writer.rounds)):
             rows = np.concatenate(labeled[:r + 1])
             learner.fit(rows, labels[rows])
@@ -247,14 +245,14 @@ def _run_rounds(planned: PlannedRun, learner, writer: RunWriter, on_round: OnRou
                 metrics[split] = SplitMetrics.from_dict(evaluate(labels[eval_rows], predicted,
                                                                  plan.evaluation_metadata[split], protocol.evaluation),
                                                         f"metrics.{split}")
-        training = Training.from_dict(getattr(learner, "training_", {}))
+        training = Training.from_dict(dict(learner.training_))
         chosen, scores, pool_size = np.zeros(0, dtype=np.int64), np.zeros(0), 0
         if not last:
             candidates = plan.pool[~is_labeled[plan.pool]]
             if protocol.pool_size is not None and protocol.pool_size < len(candidates):
                 candidates = np.sort(_rng(seed, "pool", r).choice(candidates, protocol.pool_size, replace=False))
             pool_size = len(candidates)
-            chosen, scores = chooser.select(learner, candidates, schedule[r], _round_seed(seed, r))
+            chosen, scores = chooser.select(learner.ranker, candidates, rows, schedule[r], _round_seed(seed, r))
             is_labeled[chosen] = True
             labeled.append(np.asarray(chosen, dtype=np.int64))
         acquired = Acquisition(metadata.ids[chosen].tolist(), np.asarray(scores, float).tolist(),

@@ -5,7 +5,6 @@
 `predict_logits` give its arithmetic for evaluation and for the unfused acquisition path.
 """
 
-from embedcache.kernels.cpu import STRATEGIES
 from embedcache.kernels.scorer import BACKENDS, predict_logits, predict_proba, score_topk
 
-__all__ = ["BACKENDS", "STRATEGIES", "predict_logits", "predict_proba", "score_topk"]
+__all__ = ["BACKENDS", "predict_logits", "predict_proba", "score_topk"]

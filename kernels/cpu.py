@@ -27,11 +27,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from embedcache.errors import ConfigError
+from embedcache.pool import Pool, to_host
 from embedcache.scoring import LOGIT_SCORES, PROBABILITY_SCORES, row_sum, top_k
-from embedcache.kernels.pool import Pool, to_host
-
-#: Strategies the scorer knows: every uncertainty score of `embedcache.scoring`.
-STRATEGIES = (*PROBABILITY_SCORES, *LOGIT_SCORES)
 
 #: Bytes of X per chunk handed to a thread, and the row multiple chunks are rounded to.
 _CHUNK_BYTES = 1 << 25

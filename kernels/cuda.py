@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from embedcache.kernels.cpu import LinearHead, non_finite
-from embedcache.kernels.pool import Pool, to_gpu, to_host
+from embedcache.pool import Pool, to_gpu, to_host
 from embedcache.scoring import top_k
 
 SOURCE = Path(__file__).with_name("scores.cu")

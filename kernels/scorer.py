@@ -14,7 +14,8 @@ import numpy as np
 
 from embedcache.errors import ConfigError
 from embedcache.kernels import cpu
-from embedcache.kernels.pool import Pool, as_pool, check_exclude, check_rows, cuda_status
+from embedcache.pool import Pool, as_pool, check_exclude, check_rows, cuda_status
+from embedcache.scoring import UNCERTAINTY_SCORES
 
 BACKENDS = ("auto", "cpu", "cuda")
 
@@ -58,7 +59,7 @@ def score_topk(
     """The k rows of X whose linear-head predictions are most uncertain, best first.
 
     X [N, D] (float16/float32; numpy, torch, CuPy, or an `EmbeddingCache`, streamed in chunks),
-    W [D, C], b [C]; `strategy` one of `STRATEGIES`; `rows` the candidate row indices (default:
+    W [D, C], b [C]; `strategy` one of `scoring.UNCERTAINTY_SCORES`; `rows` the candidate row indices (default:
     all); `exclude` a boolean mask [N] of rows never to pick. Ties are ordered by
     `scoring.tie_priority(row, seed)`. Returns (row indices into X as int64, float32 scores):
     `top_k(score(predict_proba(X, W, b, rows)), rows, k, seed)` up to ties, for every backend and
@@ -67,8 +68,8 @@ def score_topk(
     `tie_keys` [N] (unique integers) replaces the row index in the tie rule when X is a block of a
     larger table: pass the rows' numbers in that table so ties break as scoring the table would.
     """
-    if strategy not in cpu.STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; the scorer knows {list(cpu.STRATEGIES)}")
+    if strategy not in UNCERTAINTY_SCORES:
+        raise ConfigError(f"unknown strategy {strategy!r}; the scorer knows {list(UNCERTAINTY_SCORES)}")
     k = _positive(k, "k")
     if k is None:
         raise ConfigError("k must be a positive integer, got None")

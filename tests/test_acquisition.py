@@ -1,15 +1,20 @@
-"""Acquisition: formulas against hand-computed values, the tie rule, and one conformance test
-that every registered strategy passes."""
+"""Acquisition: formulas against hand-computed values, the tie rule, the uncertainty dispatcher and what
+each strategy requires (every registered strategy's conformance check runs in test_conformance.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from embedcache.acquisition import STRATEGIES, create_strategy
+from embedcache.learners import Capability
+from embedcache.strategies import STRATEGIES, create_strategy
 from embedcache.errors import ConfigError
-from embedcache.scoring import entropy, least_confidence, margin, tie_priority, top_k, topk_disagreement
+from embedcache.scoring import (LOGIT_SCORES, PROBABILITY_SCORES, UNCERTAINTY_SCORES, entropy, least_confidence, margin,
+                                tie_priority, top_k, topk_disagreement)
+from embedcache.testing import reference_learner
 
+#: Rows labelled before the candidates are scored.
+LABELED = np.arange(20)
 P = np.array([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
 
 
@@ -48,32 +53,41 @@ def test_tie_priority_does_not_depend_on_chunking():
     assert len(np.unique(whole)) == 1000 and not np.array_equal(whole, tie_priority(rows, 4))
 
 
-class _Fixed:
-    """A fitted learner stub whose probabilities depend only on the row."""
-
-    def __init__(self, classes: int = 3):
-        self.table = np.random.default_rng(1).dirichlet(np.ones(classes), size=500)
-        self.table[::7] = self.table[0]  # planted ties
-
-    def predict_proba(self, rows):
-        return self.table[rows]
-
-
-@pytest.mark.parametrize("name", STRATEGIES.names())
-def test_every_strategy_conforms(name):
+@pytest.mark.parametrize("name", UNCERTAINTY_SCORES)
+def test_uncertainty_strategies_rank_best_first_by_their_formula(name):
+    """With or without the learner's fused ranking, the same picks, best first, led by the highest score."""
     strategy = create_strategy(name)
-    candidates = np.sort(np.random.default_rng(2).choice(500, 200, replace=False))
-    rows, scores = strategy.select(_Fixed(), candidates, 17, seed=5)
-    assert len(rows) == 17 == len(set(rows.tolist())) and set(rows.tolist()) <= set(candidates.tolist())
+    candidates = np.sort(np.random.default_rng(2).choice(np.arange(20, 500), 200, replace=False))
+    unfused = reference_learner(strategy.requires)
+    fused = reference_learner(strategy.requires | {Capability.FUSED_RANKING})
+    rows, scores = strategy.select(unfused, candidates, LABELED, 17, seed=5)
     assert np.all(np.diff(scores) <= 0), "best first"
-    again, again_scores = strategy.select(_Fixed(), candidates[::-1].copy(), 17, seed=5)
-    assert np.array_equal(rows, again) and np.array_equal(scores, again_scores), "order of candidates is irrelevant"
-    everything, _ = strategy.select(_Fixed(), candidates, 500, seed=5)
-    assert sorted(everything.tolist()) == candidates.tolist()
-    if name != "random":
-        proba = _Fixed().predict_proba(candidates)
-        best = strategy.score(proba).max()
-        assert np.isclose(scores[0], best)
+    outputs = unfused.predict_logits(candidates) if name in LOGIT_SCORES else unfused.predict_proba(candidates)
+    assert np.isclose(scores[0], strategy.score(outputs).max())
+    fused_rows, fused_scores = strategy.select(fused, candidates, LABELED, 17, seed=5)
+    assert np.array_equal(rows, fused_rows) and np.array_equal(scores, fused_scores)
+
+
+def test_each_strategy_requires_what_it_reads():
+    assert create_strategy("random").requires == frozenset()
+    assert create_strategy("max-logit").requires == {Capability.LOGITS}
+    assert all(create_strategy(name).requires == {Capability.PROBA} for name in PROBABILITY_SCORES)
+    assert set(STRATEGIES.names()) == {*UNCERTAINTY_SCORES, "random"}  # the one table of embedcache.scoring
+
+
+def test_the_dispatcher_asks_a_learner_that_ranks_fused_for_its_top_k():
+    class Counting(type(reference_learner(frozenset({Capability.FUSED_RANKING})))):
+        calls = 0
+
+        def top_k(self, candidates, strategy, k, seed):
+            Counting.calls += 1
+            return super().top_k(candidates, strategy, k, seed)
+
+        def predict_proba(self, rows):
+            raise AssertionError("the fused path must not materialise probabilities")
+
+    create_strategy("entropy").select(Counting(500, 3, 8, 1), np.arange(100, 200), LABELED, 5, 0)
+    assert Counting.calls == 1
 
 
 def test_unknown_strategy_lists_known_ones():

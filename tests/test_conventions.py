@@ -143,7 +143,7 @@ def test_a_misspelt_name_exits_2_before_any_file_is_opened(tmp_path, cache, monk
 
 
 def test_a_strategy_registered_later_is_valid(monkeypatch):
-    from embedcache.acquisition import STRATEGIES, RandomStrategy
+    from embedcache.strategies import STRATEGIES, RandomStrategy
 
     monkeypatch.setitem(STRATEGIES._entries, "coin-flip", RandomStrategy)
     assert _parse("al", ["--cache", "c.h5", "--out", "o", "--strategy", "coin-flip"])["strategies"] == ("coin-flip",)

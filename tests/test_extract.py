@@ -325,7 +325,7 @@ def test_amp_means_the_same_as_in_al():
     """auto is bf16 on CUDA and none on the CPU; "none" and None are no autocast; the recipe records the result."""
     import torch
 
-    from embedcache.extract import resolve_amp
+    from embedcache.devices import resolve_amp
 
     cpu = torch.device("cpu")
     assert [resolve_amp(a, cpu) for a in ("auto", "none", None, "bf16", "fp16")] == [None, None, None, "bf16", "fp16"]

@@ -22,10 +22,10 @@ import pytest
 
 from embedcache.cache import EmbeddingCache
 from embedcache.errors import ConfigError
-from embedcache.kernels import STRATEGIES, predict_logits, predict_proba, score_topk
-from embedcache.kernels.pool import cuda_status
-from embedcache.scoring import (LOGIT_SCORES, PROBABILITY_SCORES, entropy, least_confidence, margin, tie_priority,
-                                top_k, topk_disagreement)
+from embedcache.kernels import predict_logits, predict_proba, score_topk
+from embedcache.pool import cuda_status
+from embedcache.scoring import (LOGIT_SCORES, PROBABILITY_SCORES, UNCERTAINTY_SCORES, entropy, least_confidence,
+                                margin, tie_priority, top_k, topk_disagreement)
 from helpers import make_metadata, recipe
 
 CLASSES = (2, 5, 182)
@@ -84,7 +84,7 @@ def unfused(X, W, b, strategy, k, rows, seed, **kw):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("c", CLASSES)
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", UNCERTAINTY_SCORES)
 def test_cpu_scorer_equals_plain_numpy_reference(strategy, c, dtype):
     X, W, b = make_problem(c=c, dtype=dtype, seed=c)
     exclude = np.zeros(len(X), dtype=bool)
@@ -100,7 +100,7 @@ def test_cpu_scorer_equals_plain_numpy_reference(strategy, c, dtype):
                      plain_reference(X, W, b, strategy, top, candidates, seed=7))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", UNCERTAINTY_SCORES)
 def test_planted_ties_are_ordered_by_priority(strategy):
     X, W, b = exact_problem(c=5)
     rows = np.arange(0, 60)
@@ -112,7 +112,7 @@ def test_planted_ties_are_ordered_by_priority(strategy):
         assert got_rows[min(i, j)] == first
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", UNCERTAINTY_SCORES)
 @pytest.mark.parametrize("c", CLASSES)
 def test_fused_agrees_with_unfused(strategy, c):
     rng = np.random.default_rng(2)
@@ -130,7 +130,7 @@ def test_fused_agrees_with_unfused(strategy, c):
 def test_the_same_call_gives_the_same_bits():
     X, W, b = make_problem(n=1000, d=40, c=7)
     rows = np.random.default_rng(0).permutation(1000)[:800]
-    for strategy in STRATEGIES:
+    for strategy in UNCERTAINTY_SCORES:
         first = score_topk(X, W, b, strategy, 30, rows=rows, seed=5)
         again = score_topk(X, W, b, strategy, 30, rows=rows[::-1].copy(), seed=5)
         np.testing.assert_array_equal(first[0], again[0])
@@ -141,7 +141,7 @@ def test_chunk_size_and_threads_change_nothing_but_blas_rounding():
     rows = np.random.default_rng(0).permutation(1000)[:800]
     for problem in (make_problem, exact_problem):
         X, W, b = problem(n=1000, d=40, c=7)
-        for strategy in STRATEGIES:
+        for strategy in UNCERTAINTY_SCORES:
             results = [score_topk(X, W, b, strategy, 30, rows=rows, seed=5, chunk_rows=chunk, threads=threads)
                        for chunk in (1, 7, 64, 333, None) for threads in (1, 2)]
             for result in results[1:]:
@@ -173,7 +173,7 @@ def test_streaming_from_hdf5_equals_the_whole_array(tmp_path, dtype, monkeypatch
     exclude[::7] = True
     rows = np.random.default_rng(1).choice(len(X), 1000, replace=False)
     with EmbeddingCache(path) as cache:
-        for strategy in STRATEGIES:
+        for strategy in UNCERTAINTY_SCORES:
             want = score_topk(X, W, b, strategy, 25, rows=rows, exclude=exclude, seed=2)
             for chunk in (100, 512, None):
                 largest.clear()
@@ -350,7 +350,7 @@ needs_gpu = pytest.mark.skipif(cuda_status()[0] is None, reason=cuda_status()[1]
 @needs_gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("c", (2, 5, 33, 182))
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", UNCERTAINTY_SCORES)
 def test_gpu_agrees_with_cpu(strategy, c, dtype):
     import cupy
 

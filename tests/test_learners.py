@@ -1,113 +1,72 @@
-"""Learners: one conformance test every learner passes, and the linear head's agreement with
-scikit-learn's LogisticRegression (probabilities within 1e-3)."""
+"""Learners: the conformance checks on variants the registry's examples do not cover, and the linear
+head's agreement with scikit-learn's LogisticRegression (probabilities within 1e-3)."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 
 from embedcache.errors import ConfigError
 from embedcache.learners.linear import LinearConfig, LinearLearner
+from embedcache.scoring import top_k
+from embedcache.testing import LearnerExample, check_learner, gaussian_task
 
 
-def _data(classes: int, n: int = 600, dim: int = 40, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = rng.normal(size=(n, dim)) * rng.uniform(0.5, 3, dim) + rng.normal(size=dim) * 2
-    x[:, :classes] += np.eye(classes)[y] * 3
-    return x.astype(np.float32), y
+def _lbfgs(request) -> LearnerExample:
+    x, y = gaussian_task(4)
+    return LearnerExample(lambda: LinearLearner(x, 5, LinearConfig(solver="lbfgs")), y, np.arange(200),
+                          np.arange(300, 400), 5, 0.6)
 
 
-@dataclasses.dataclass
-class Case:
-    """A learner on a 4-class problem whose label space has a 5th class that never appears.
-    `seen_only`: classes absent from the labelled set get probability exactly 0 (the linear head
-    fits the seen classes; a finetuned network's head, as in the paper, covers every class)."""
+def _text(request) -> LearnerExample:
+    """A tiny BERT finetuned on keyword texts of 4 classes (of 5)."""
+    from embedcache.backbones import create_backbone
+    from embedcache.datasets import create_dataset
+    from embedcache.datasets.synthetic import write_text_jsonl
+    from embedcache.learners.finetune import FinetuneLearner, FinetuneOptions, default_recipe
 
-    make: Callable[[], object]
-    y: np.ndarray
-    train: np.ndarray
-    test: np.ndarray
-    seen_only: bool
+    folder = request.getfixturevalue("tmp_path")
+    words = ("great", "awful", "fine", "broken")
+    data = create_dataset("jsonl", write_text_jsonl(folder / "t.jsonl", n=64, keywords=words, words=4))
+    recipe = default_recipe("text", {"lr": "3e-3", "batch_size": "8", "max_steps": "40"})
+    spec = f"hf:{request.getfixturevalue('tiny_bert')}"
 
-
-def _linear(solver: str) -> Callable[[pytest.FixtureRequest], Case]:
-    def case(request) -> Case:
-        x, y = _data(4)
-        return Case(lambda: LinearLearner(x, 5, LinearConfig(solver=solver)), y, np.arange(200), np.arange(300, 400),
-                    True)
-    return case
-
-
-def _finetune(modality: str) -> Callable[[pytest.FixtureRequest], Case]:
-    """A tiny random-init timm GroupNorm model on class-coloured images, or a tiny BERT on keyword texts."""
-    def case(request) -> Case:
-        from embedcache.backbones import create_backbone
-        from embedcache.datasets import create_dataset
-        from embedcache.datasets.synthetic import write_image_manifest, write_text_jsonl
-        from embedcache.learners.finetune import FinetuneLearner, FinetuneOptions, default_recipe
-
-        folder = request.getfixturevalue("tmp_path")
-        options = FinetuneOptions(device="cpu", num_workers=0)
-        if modality == "image":
-            data = create_dataset("manifest", write_image_manifest(folder / "images", n=64, size=32, num_classes=4))
-            spec, weights = "timm:test_efficientnet_gn", "random"
-            recipe = default_recipe("image", {"resize": "36", "crop": "32", "eval_resize": "32", "batch_size": "8",
-                                              "schedule": "0,20"})
-        else:
-            words = ("great", "awful", "fine", "broken")
-            data = create_dataset("jsonl", write_text_jsonl(folder / "t.jsonl", n=64, keywords=words, words=4))
-            spec, weights = f"hf:{request.getfixturevalue('tiny_bert')}", "pretrained"
-            recipe = default_recipe("text", {"lr": "3e-3", "batch_size": "8", "max_steps": "40"})
-
-        def make():
-            return FinetuneLearner(data, create_backbone(spec, weights=weights), 5, recipe, options)
-        rows = np.arange(64)
-        train = rows % 8 < 4  # every class in both halves
-        return Case(make, data.metadata.label, rows[train], rows[~train], False)
-    return case
+    def make():
+        return FinetuneLearner(data, create_backbone(spec), 5, recipe, FinetuneOptions(device="cpu", num_workers=0))
+    rows = np.arange(64)
+    train = rows % 8 < 4  # every class in both halves
+    return LearnerExample(make, data.metadata.label, rows[train], rows[~train], 5, 0.6)
 
 
-LEARNERS = {
-    "linear-newton": _linear("newton"),
-    "linear-lbfgs": _linear("lbfgs"),
-    "finetune-image": _finetune("image"),
-    "finetune-text": _finetune("text"),
-}
+#: Variants beyond the registry's examples (test_conformance.py runs those): the other linear solver, text finetuning.
+VARIANTS = {"linear-lbfgs": _lbfgs, "finetune-text": _text}
 
 
-@pytest.mark.parametrize("name", LEARNERS)
-def test_every_learner_conforms(name, request):
-    case = LEARNERS[name](request)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks run faster on one thread
-    try:
-        learner = case.make()
-        assert learner.fit(case.train, case.y[case.train]) is learner
-        proba = learner.predict_proba(case.test)
-        again = case.make().fit(case.train, case.y[case.train]).predict_proba(case.test)
-    finally:
-        torch.set_num_threads(threads)
-    assert proba.shape == (len(case.test), 5) and proba.dtype == np.float32
-    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
-    assert (proba[:, 4] == 0).all() if case.seen_only else (proba.argmax(1) != 4).all()
-    assert (proba.argmax(1) == case.y[case.test]).mean() > 0.6
-    np.testing.assert_array_equal(proba, again)
-    assert set(learner.training_) >= {"steps", "loss_initial", "loss_final", "stopped_by"}
-    assert learner.training_["loss_final"] < learner.training_["loss_initial"]
-    assert isinstance(learner.warm_start, bool) and isinstance(learner.describe(), dict)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_learner_variants_conform(name, request):
+    check_learner(VARIANTS[name](request))
+
+
+def test_classes_absent_from_the_labelled_set():
+    """The linear head fits the classes it has seen: an absent class has probability exactly 0 and logit
+    -inf; with one class seen, every row is certain of it (and ranks by the tie rule alone)."""
+    x, y = gaussian_task(4)
+    learner = LinearLearner(x, 5).fit(np.arange(200), y[:200])
+    assert (learner.predict_proba(np.arange(300, 400))[:, 4] == 0).all()
+    assert np.isneginf(learner.predict_logits(np.arange(300, 400))[:, 4]).all()
+    one = LinearLearner(x, 5).fit(np.arange(5), np.full(5, 2))
+    np.testing.assert_array_equal(one.predict_logits(np.arange(2)), [[-np.inf, -np.inf, 0, -np.inf, -np.inf]] * 2)
+    for strategy in ("least-confidence", "max-logit"):
+        rows, scores = one.top_k(np.arange(10, 60), strategy, 5, seed=3)
+        assert (scores == scores[0]).all() and np.array_equal(rows, top_k(np.zeros(50), np.arange(10, 60), 5, 3)[0])
 
 
 @pytest.mark.parametrize("solver", ["newton", "lbfgs"])
 @pytest.mark.parametrize("classes, C, standardize", [(2, 1.0, False), (2, 0.05, True), (3, 0.5, False),
                                                      (5, 2.0, True)])
 def test_linear_head_matches_scikit_learn(solver, classes, C, standardize):
-    x, y = _data(classes)
+    x, y = gaussian_task(classes)
     rows = np.arange(150)
     learner = LinearLearner(x, classes, LinearConfig(C=C, standardize=standardize, solver=solver))
     reference = x.astype(np.float64)
@@ -121,7 +80,7 @@ def test_linear_head_matches_scikit_learn(solver, classes, C, standardize):
 
 
 def test_warm_start_starts_closer_and_reaches_the_cold_start_solution():
-    x, y = _data(2, dim=300)
+    x, y = gaussian_task(2, dim=300)
     warm = LinearLearner(x, 2, LinearConfig(C=0.3))
     cold = LinearLearner(x, 2, LinearConfig(C=0.3, warm_start=False))
     for n in (40, 45, 50, 55):
@@ -133,7 +92,7 @@ def test_warm_start_starts_closer_and_reaches_the_cold_start_solution():
 
 
 def test_one_class_and_bad_labels():
-    x, y = _data(2)
+    x, y = gaussian_task(2)
     learner = LinearLearner(x, 3).fit(np.arange(5), np.full(5, 2))
     assert (learner.predict_proba(np.arange(3)) == [0, 0, 1]).all() and learner.training_["stopped_by"] == "one_class"
     with pytest.raises(ConfigError, match="labels must be in 0..2"):
@@ -150,7 +109,7 @@ def test_linear_fused_ranking_equals_scoring_its_probabilities(strategy, classes
     to ties (the determinism contract), and give the same bits when asked twice."""
     from embedcache.scoring import PROBABILITY_SCORES, top_k, topk_disagreement
 
-    x, y = _data(classes)
+    x, y = gaussian_task(classes)
     x[400:450] = x[300]  # planted ties: identical rows score identically
     pool = np.arange(100, 600)
     learner = LinearLearner(x, classes)

@@ -16,6 +16,8 @@ from embedcache.cli import main
 from embedcache.datasets.synthetic import ambiguity_embeddings
 from embedcache.errors import CacheError, ConfigError
 from embedcache.experiments import LinearExperiment, parse_seeds, run_grid
+from embedcache.learners import BaseLearner
+from embedcache.learners.hybrid import HybridLearner
 from embedcache.learners.linear import LinearConfig, LinearLearner
 from embedcache.loop import run_al, seed_set
 from embedcache.metadata import Metadata
@@ -304,3 +306,48 @@ def test_meaningless_runs_are_refused(ambiguous, tmp_path):
     with pytest.raises(ConfigError, match="no runs to make"):
         run_grid(LinearExperiment(tmp_path / "unused.h5"), SMALL, ["random"], [], tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+class _ProbabilitiesOnly(BaseLearner):
+    """The linear learner seen through the core contract only: probabilities, no other capability."""
+
+    def __init__(self, inner: LinearLearner):
+        self.inner = inner
+
+    def describe(self) -> dict:
+        return {"learner": "probabilities-only"}
+
+    def prepare(self, pool, evaluation):
+        self.inner.prepare(pool, evaluation)
+
+    def fit(self, rows, y):
+        self.training_ = self.inner.fit(rows, y).training_
+        return self
+
+    def predict_proba(self, rows):
+        return self.inner.predict_proba(rows)
+
+
+def test_a_strategy_needing_a_capability_the_ranker_lacks_fails_before_writing(ambiguous, tmp_path):
+    x, meta = ambiguous
+    with pytest.raises(ConfigError, match="strategy 'max-logit' needs the logits capability of the learner that "
+                                          "ranks the pool, which the probabilities-only learner lacks"):
+        run_al(_ProbabilitiesOnly(LinearLearner(x, 2)), meta, SMALL, "max-logit", 0, tmp_path, source=SOURCE)
+    assert not any(tmp_path.iterdir())
+    # a hybrid ranks with its scorer: the evaluator's capabilities do not count
+    with pytest.raises(ConfigError, match="which the probabilities-only learner lacks"):
+        run_al(HybridLearner(LinearLearner(x, 2), _ProbabilitiesOnly(LinearLearner(x, 2))), meta, SMALL, "max-logit",
+               0, tmp_path, source=SOURCE)
+    assert not any(tmp_path.iterdir())
+    unfused = run_al(_ProbabilitiesOnly(LinearLearner(x, 2)), meta, SMALL, "margin", 0, tmp_path / "a", source=SOURCE)
+    assert unfused.complete
+
+
+def test_max_logit_is_a_strategy_and_a_hybrid_acquires_what_its_scorer_would(ambiguous, tmp_path):
+    x, meta = ambiguous
+    alone = _run(ambiguous, tmp_path / "linear", "max-logit")
+    assert alone.complete and all(len(r["acquired"]["ids"]) == 5 for r in alone.rounds[:-1])
+    hybrid = run_al(HybridLearner(_ProbabilitiesOnly(LinearLearner(x, 2)), LinearLearner(x, 2)), meta, SMALL,
+                    "max-logit", 0, tmp_path / "hybrid", source=SOURCE)
+    assert [r["acquired"] for r in hybrid.rounds] == [r["acquired"] for r in alone.rounds]
+    assert [r["metrics"] for r in hybrid.rounds] == [r["metrics"] for r in alone.rounds]

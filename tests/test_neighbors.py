@@ -23,7 +23,7 @@ from embedcache.analysis.neighbors import (
 from embedcache.cache import EmbeddingCache
 from embedcache.cli import main
 from embedcache.errors import ConfigError
-from embedcache.kernels.pool import as_pool
+from embedcache.pool import as_pool
 from embedcache.metadata import Metadata
 from embedcache.records import Acquisition, RoundRecord, RunHeader, RunWriter, Source, read_runs
 from helpers import make_metadata, recipe

@@ -17,7 +17,8 @@ from embedcache.cache import EmbeddingCache
 from embedcache.cli import main
 from embedcache.datasets import create_dataset
 from embedcache.datasets.download import download_wilds
-from embedcache.datasets.synthetic import write_amazon, write_iwildcam, write_treeperson, write_waterbirds
+from embedcache.datasets.synthetic import (write_amazon, write_cub_and_places, write_iwildcam, write_treeperson,
+                                          write_waterbirds)
 from embedcache.datasets.treeperson import TreepersonBuild, build_treeperson, iter_json_array, qualifying_images
 from embedcache.datasets.waterbirds_variant import WaterbirdsBuild, build_waterbirds, is_waterbird
 from embedcache.errors import ConfigError, DatasetError
@@ -202,41 +203,6 @@ def test_download_is_opt_in_and_needs_wilds(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- Waterbirds builder
-
-
-SPECIES = ("001.Black_footed_Albatross", "013.Bobolink", "059.California_Gull", "094.White_breasted_Nuthatch",
-           "133.White_throated_Sparrow", "149.Brown_Thrasher")
-
-
-def write_cub_and_places(root: Path, per_species: int = 10, backgrounds: int = 40) -> tuple[Path, Path]:
-    """A tiny CUB_200_2011/ (solid red birds with a centred square mask) and places365/data_large/ (solid
-    blue backgrounds of another size), in the layouts those datasets ship in."""
-    cub, places = root / "CUB_200_2011", root / "places365"
-    images, splits = [], []
-    for species in SPECIES:
-        for k in range(per_species):
-            relative = f"{species}/{species.split('.')[1]}_{k:04d}_{len(images)}.jpg"
-            images.append(relative)
-            splits.append(int(k % 3 != 0))  # two thirds CUB-train
-            for folder, image in ((cub / "images", Image.new("RGB", (24, 20), (220, 20, 20))),
-                                  (cub / "segmentations", _square_mask())):
-                path = folder / (relative if folder.name == "images" else relative.replace(".jpg", ".png"))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                image.save(path)
-    (cub / "images.txt").write_text("".join(f"{i} {p}\n" for i, p in enumerate(images, start=1)))
-    (cub / "train_test_split.txt").write_text("".join(f"{i} {s}\n" for i, s in enumerate(splits, start=1)))
-    for category in ("b/bamboo_forest", "f/forest/broadleaf", "o/ocean", "l/lake/natural"):
-        folder = places / "data_large" / category
-        folder.mkdir(parents=True)
-        for k in range(backgrounds // 2):
-            Image.new("RGB", (40, 30), (20, 20, 200 + k % 50)).save(folder / f"{k:08d}.jpg")
-    return cub, places
-
-
-def _square_mask() -> Image.Image:
-    mask = np.zeros((20, 24), dtype=np.uint8)
-    mask[5:15, 7:17] = 255
-    return Image.fromarray(mask)
 
 
 def test_waterbird_species_rule_matches_group_dro():

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from workflow_helpers import write_pool
 
-from embedcache.acquisition import create_strategy
+from embedcache.strategies import create_strategy
 from embedcache.cli import main
 from embedcache.errors import ConfigError
 from embedcache.learners.linear import LinearLearner
@@ -65,7 +65,7 @@ def test_with_no_labels_suggest_is_a_seeded_random_cold_start(pool, tmp_path):
     workspace = Workspace(cache, split="train")
     empty = LabelsFile(tmp_path / "none.csv").read()
     result = suggest(workspace, empty, k=5, strategy="entropy", seed=4)
-    rows, _ = create_strategy("random").select(None, np.arange(64), 5, 4)
+    rows, _ = create_strategy("random").select(None, np.arange(64), np.zeros(0, np.int64), 5, 4)
     assert result.strategy == "random" and [s.id for s in result.suggestions] == [f"doc{r:03d}" for r in rows]
     assert all(s.predicted is None and s.probability is None for s in result.suggestions)
 

@@ -31,9 +31,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from embedcache.errors import ConfigError
-from embedcache.kernels.pool import Pool, as_pool, to_host
 from embedcache.metadata import LABEL, Metadata
 from embedcache.outputs import OutputFolder, write_csv
+from embedcache.pool import Pool, as_pool, to_host
 
 DISTANCES = ("cosine", "l2")
 #: Columns of duplicates.csv (also its header when there are no pairs).

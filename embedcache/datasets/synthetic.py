@@ -1,4 +1,5 @@
-"""Tiny generated datasets, written to disk in the formats the adapters read (tests and examples).
+"""Tiny generated datasets, written to disk in the formats the adapters (and the Waterbirds builder) read: for
+tests, examples and the conformance checks of `embedcache.testing`.
 
 Images are class-coloured noise so different classes give different features even through a
 random-init network; texts mix a class keyword into random filler words.
@@ -14,7 +15,7 @@ import numpy as np
 
 from embedcache.outputs import write_csv
 
-_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+FILLER_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
           "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
 
 
@@ -66,7 +67,7 @@ def write_text_jsonl(path: str | Path, n: int = 20, seed: int = 0, splits: Seque
     with open(path, "w") as f:
         for i in range(n):
             label = i % len(keywords)
-            filler = list(rng.choice(_WORDS, size=words))
+            filler = list(rng.choice(FILLER_WORDS, size=words))
             filler.insert(int(rng.integers(len(filler) + 1)), keywords[label])
             record = {"id": f"t{i:05d}", "text": " ".join(filler), "label": label,
                       "split": splits[(i // len(keywords)) % len(splits)], "topic": str(rng.choice(["a", "b", "c"]))}
@@ -181,7 +182,7 @@ def write_amazon(root: str | Path, n: int = 20, users: int = 4, seed: int = 0,
     reviews, splits = [], []
     for i in range(n):
         stars = 1 + i % 5
-        text = " ".join([*rng.choice(_WORDS, size=6), keywords[stars - 1]])
+        text = " ".join([*rng.choice(FILLER_WORDS, size=6), keywords[stars - 1]])
         if i % 3 == 0:
             text += ', "quoted", and\na second line'
         reviews.append({"reviewerID": f"A{int(rng.integers(users)):03d}", "asin": f"B{i:05d}",
@@ -192,3 +193,39 @@ def write_amazon(root: str | Path, n: int = 20, users: int = 4, seed: int = 0,
     _write_csv(folder / "reviews.csv", reviews)
     _write_csv(folder / "splits" / "user.csv", splits)
     return folder
+
+
+#: CUB species folders of `write_cub_and_places`: waterbirds by the Group DRO rule (albatross, gull) and landbirds.
+CUB_SPECIES = ("001.Black_footed_Albatross", "013.Bobolink", "059.California_Gull", "094.White_breasted_Nuthatch",
+               "133.White_throated_Sparrow", "149.Brown_Thrasher")
+
+
+def write_cub_and_places(root: str | Path, per_species: int = 10, backgrounds: int = 40) -> tuple[Path, Path]:
+    """A tiny CUB_200_2011/ (solid red birds with a centred square mask) and places365/data_large/ (solid
+    blue backgrounds of another size), in the layouts those datasets ship in: what
+    `embedcache.datasets.waterbirds_variant.build_waterbirds` reads. Returns (cub, places)."""
+    from PIL import Image
+
+    root = Path(root)
+    cub, places = root / "CUB_200_2011", root / "places365"
+    mask = np.zeros((20, 24), dtype=np.uint8)
+    mask[5:15, 7:17] = 255
+    images, splits = [], []
+    for species in CUB_SPECIES:
+        for k in range(per_species):
+            relative = f"{species}/{species.split('.')[1]}_{k:04d}_{len(images)}.jpg"
+            images.append(relative)
+            splits.append(int(k % 3 != 0))  # two thirds CUB-train
+            for folder, image in ((cub / "images", Image.new("RGB", (24, 20), (220, 20, 20))),
+                                  (cub / "segmentations", Image.fromarray(mask))):
+                path = folder / (relative if folder.name == "images" else relative.replace(".jpg", ".png"))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image.save(path)
+    (cub / "images.txt").write_text("".join(f"{i} {p}\n" for i, p in enumerate(images, start=1)))
+    (cub / "train_test_split.txt").write_text("".join(f"{i} {s}\n" for i, s in enumerate(splits, start=1)))
+    for category in ("b/bamboo_forest", "f/forest/broadleaf", "o/ocean", "l/lake/natural"):
+        folder = places / "data_large" / category
+        folder.mkdir(parents=True)
+        for k in range(backgrounds // 2):
+            Image.new("RGB", (40, 30), (20, 20, 200 + k % 50)).save(folder / f"{k:08d}.jpg")
+    return cub, places

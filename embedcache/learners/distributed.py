@@ -2,9 +2,10 @@
 
 `torchrun --nproc_per_node=N -m embedcache.cli al --mode finetune ...` starts N copies of the same
 command. Rank 0 runs the AL loop and writes the records; the other ranks only serve its learner:
-every `fit` / `predict_proba` on rank 0 first broadcasts the call, then all ranks execute it
-together (each takes a share of every batch; gradients are averaged by DDP, predictions gathered).
-The loop, acquisition and records therefore stay single-process code.
+every `fit` and scoring call (`predict_proba`, `predict_logits`, `embed`, ...) on rank 0 first
+broadcasts the call, then all ranks execute it together (each takes a share of every batch;
+gradients are averaged by DDP, outputs gathered). The loop, strategies and records therefore stay
+single-process code.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import os
 
 import torch
 
+from embedcache.devices import resolve_device
 from embedcache.errors import ConfigError
-from embedcache.extract import resolve_device
 
 
 def world_size() -> int:

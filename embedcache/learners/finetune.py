@@ -47,8 +47,9 @@ import torch
 from embedcache.backbones import Backbone, ImagePreprocess
 from embedcache.datasets import DatasetAdapter
 from embedcache.errors import ConfigError, DatasetError
-from embedcache.extract import default_workers, example_loader
-from embedcache.learners import distributed, fit_arguments
+from embedcache.learners import distributed
+from embedcache.learners.base import BaseLearner, fit_arguments, register_learner
+from embedcache.loading import default_workers, example_loader
 from embedcache.recipe import Recipe
 
 #: progress(phase, done, total): phase "train" counts optimizer steps, "predict" examples scored;
@@ -299,6 +300,10 @@ class _Classifier(torch.nn.Module):
         self.head = torch.nn.Linear(backbone.num_features, num_classes)
         self._features = backbone.features
 
+    def features(self, batch) -> torch.Tensor:
+        """The penultimate features: what the head reads."""
+        return self._features(batch)
+
     def forward(self, batch) -> torch.Tensor:
         return self.head(self._features(batch))
 
@@ -314,9 +319,12 @@ def _identity(item):
     return item
 
 
-class FinetuneLearner:
+@register_learner("finetune")
+class FinetuneLearner(BaseLearner):
     """The finetune learner: `fit(rows, y)` trains backbone + head from the starting weights with
     the recipe, `predict_proba(rows)` scores dataset rows with the finetuned model in eval mode.
+    Capabilities (see `embedcache.learners.base`): proba, logits, embed (the finetuned network's
+    penultimate features) and gradient embeddings from them.
 
     Rows are indices into `dataset`. Labelled training inputs are loaded once and kept (images
     resized to `recipe.resize` as uint8, cropped and flipped per step), so later rounds read only
@@ -332,10 +340,8 @@ class FinetuneLearner:
     BiT steps) after a kill, so it is not done.
 
     Under torchrun (see `embedcache.learners.distributed`) the same object runs on every rank: rank 0
-    calls fit/predict_proba, the others call `serve()`, and `close()` on rank 0 releases them.
+    calls fit and the scoring methods, the others call `serve()`, and `close()` on rank 0 releases them.
     """
-
-    warm_start = False
 
     def __init__(self, dataset: DatasetAdapter, backbone: Backbone, num_classes: int,
                  recipe: FinetuneRecipe | None = None, options: FinetuneOptions | None = None,
@@ -407,19 +413,40 @@ class FinetuneLearner:
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """`[n, num_classes]` softmax probabilities (float32) of the finetuned model in eval mode."""
-        return self._call("predict", np.asarray(rows, dtype=np.int64))
+        return self._score_rows(rows, "proba")[0]
+
+    def predict_logits(self, rows: np.ndarray) -> np.ndarray:
+        """`[n, num_classes]` logits (float32) of the finetuned model in eval mode."""
+        return self._score_rows(rows, "logits")[0]
+
+    def embed(self, rows: np.ndarray) -> np.ndarray:
+        """`[n, num_features]` float32 penultimate features of the finetuned network (what its head reads)."""
+        return self._score_rows(rows, "features")[0]
+
+    def gradient_embedding(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BADGE's gradient of the loss at the predicted class for the head, factorised: (p - onehot(argmax p)
+        `[n, C]`, [penultimate features, 1] `[n, D + 1]`), both from one pass of the finetuned model."""
+        residual, features = self._score_rows(rows, "proba", "features")
+        residual[np.arange(len(residual)), residual.argmax(axis=1)] -= 1.0
+        return residual, np.concatenate([features, np.ones((len(features), 1), dtype=np.float32)], axis=1)
+
+    def _score_rows(self, rows: np.ndarray, *outputs: str) -> list[np.ndarray]:
+        return self._call("score", np.asarray(rows, dtype=np.int64), outputs)
 
     # ------------------------------------------------------------------ distributed
     def _call(self, name: str, *args):
         if self.context.distributed:
             self.context.broadcast((name, args))
-        return getattr(self, f"_{name}")(*args)
+        return self._run(name, args)
+
+    def _run(self, name: str, args: tuple):
+        """Execute a call rank 0 made (every rank executes it together)."""
+        return {"fit": self._fit, "score": self._score}[name](*args)
 
     def serve(self) -> None:
-        """Ranks other than 0: run rank 0's fit/predict calls until it closes."""
+        """Ranks other than 0: run rank 0's fit and scoring calls until it closes."""
         while (message := self.context.broadcast()) is not None:
-            name, args = message
-            getattr(self, f"_{name}")(*args)
+            self._run(*message)
 
     def close(self) -> None:
         """Release the serving ranks (from rank 0) and leave the process group."""
@@ -539,9 +566,12 @@ class FinetuneLearner:
         return {"steps": len(losses), "loss_initial": losses[0], "loss_final": losses[-1], "stopped_by": stopped_by}
 
     # ------------------------------------------------------------------ scoring
-    def _predict(self, rows: np.ndarray) -> np.ndarray:
+    def _score(self, rows: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        """The finetuned model's `outputs` ("proba", "logits", "features") for `rows` in eval mode: each rank
+        scores its share, and every rank gets them all back in row order."""
         mine = rows[self.context.shard(len(rows))]
-        proba = np.zeros((len(mine), self.num_classes), dtype=np.float32)
+        width = {"proba": self.num_classes, "logits": self.num_classes, "features": self.backbone.num_features}
+        results = [np.zeros((len(mine), width[name]), dtype=np.float32) for name in outputs]
         self.network.eval()
         position = 0
         self._report("predict", 0, len(mine))
@@ -549,7 +579,14 @@ class FinetuneLearner:
             for size, batch in self._load(mine, self._eval_transform, self.backbone.collate,
                                           pin_memory=self.context.device.type == "cuda"):
                 batch = self.backbone.batch_to(batch, self.context.device, self.channels_last)
-                proba[position:position + size] = torch.softmax(self.network(batch).float(), dim=1).cpu().numpy()
+                features = self.network.features(batch)
+                logits = self.network.head(features).float()
+                values = {"features": features, "logits": logits}
+                if "proba" in outputs:
+                    values["proba"] = torch.softmax(logits, dim=1)
+                for result, name in zip(results, outputs):
+                    result[position:position + size] = values[name].float().cpu().numpy()
                 position += size
                 self._report("predict", position, len(mine))
-        return np.concatenate(self.context.gather(proba))
+        gathered = self.context.gather(results)
+        return [np.concatenate([part[i] for part in gathered]) for i in range(len(outputs))]

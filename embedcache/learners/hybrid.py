@@ -1,25 +1,26 @@
 """Evaluate with one learner, rank the pool with another: how much does the cheap mode lose?
 
 `HybridLearner(evaluator, scorer)` fits both every round. Evaluation (`predict_proba`) asks the
-evaluator; acquisition reaches the learner through the strategies' fused hook `top_k`, which asks
-the scorer. So `--mode finetune --score-with linear` records finetuned accuracy on examples a linear
-head on cached embeddings chose, and `--mode linear --score-with finetune` the reverse.
+evaluator; the strategies rank with `ranker`, which is the scorer. So `--mode finetune --score-with
+linear` records finetuned accuracy on examples a linear head on cached embeddings chose, and `--mode
+linear --score-with finetune` the reverse.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from embedcache.scoring import PROBABILITY_SCORES, top_k
+from embedcache.learners.base import BaseLearner, Learner, register_learner
 
 
-class HybridLearner:
+@register_learner("hybrid")
+class HybridLearner(BaseLearner):
     """Both learners must index the same rows (the loop's dataset rows). `linear_features`: the
     fingerprint of the cache a linear side reads, recorded so a record is never resumed with another."""
 
     warm_start = False  # a finetune side would make replaying earlier fits on resume cost whole rounds
 
-    def __init__(self, evaluator, scorer, linear_features: str | None = None):
+    def __init__(self, evaluator: Learner, scorer: Learner, linear_features: str | None = None):
         self.evaluator, self.scorer = evaluator, scorer
         self.linear_features = linear_features
 
@@ -30,8 +31,7 @@ class HybridLearner:
 
     def prepare(self, pool: np.ndarray, evaluation: dict[str, np.ndarray]) -> None:
         for learner in (self.evaluator, self.scorer):
-            if hasattr(learner, "prepare"):
-                learner.prepare(pool, evaluation)
+            learner.prepare(pool, evaluation)
 
     def fit(self, rows: np.ndarray, y: np.ndarray) -> "HybridLearner":
         self.evaluator.fit(rows, y)
@@ -42,8 +42,7 @@ class HybridLearner:
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         return self.evaluator.predict_proba(rows)
 
-    def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        fused = getattr(self.scorer, "top_k", None)
-        if fused is not None:
-            return fused(candidates, strategy, k, seed)
-        return top_k(PROBABILITY_SCORES[strategy](self.scorer.predict_proba(candidates)), candidates, k, seed)
+    @property
+    def ranker(self) -> Learner:
+        """The scorer (or whatever it ranks with): the strategies see its capabilities, not the evaluator's."""
+        return self.scorer.ranker

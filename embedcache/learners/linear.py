@@ -18,9 +18,11 @@ Warm start: when the labelled rows extend the previous fit's rows (the AL loop a
 acquisitions), the dual variables (or weights) of the last fit are the starting point, and the
 Gram matrix is extended rather than recomputed.
 
-Probabilities and pool ranking go through `embedcache.kernels`, on contiguous copies of the pool
-and evaluation rows; the fused `top_k` agrees with scoring `predict_proba` up to ties (the
-determinism contract of `embedcache.scoring`).
+Probabilities, logits and pool ranking go through `embedcache.kernels`, on contiguous copies of the
+pool and evaluation rows; the fused `top_k` agrees with scoring `predict_proba` (or `predict_logits`)
+up to ties (the determinism contract of `embedcache.scoring`). Capabilities (see
+`embedcache.learners.base`): proba, logits, fused ranking, embed (the standardised cached vectors)
+and gradient embeddings.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import numpy as np
 import torch
 
 from embedcache.errors import ConfigError
-from embedcache.learners import fit_arguments
+from embedcache.learners.base import BaseLearner, fit_arguments, register_learner
+from embedcache.scoring import LOGIT_SCORES, PROBABILITY_SCORES, top_k
 
 SOLVERS = ("auto", "newton", "lbfgs")
 _NEWTON_MAX_VARIABLES = 2048
@@ -106,7 +109,8 @@ def _append_rows(buffer: torch.Tensor | None, used: int, rows: torch.Tensor) -> 
     return buffer
 
 
-class LinearLearner:
+@register_learner("linear")
+class LinearLearner(BaseLearner):
     """Logistic regression on rows of a feature matrix: `fit(rows, y)` / `predict_proba(rows)`.
 
     `features` is the whole cache's `[N, D]` matrix; rows are indices into it. After `fit`,
@@ -223,28 +227,56 @@ class LinearLearner:
     # ------------------------------------------------------------------ predict: through embedcache.kernels
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """`[n, num_classes]` probabilities (float32); classes absent from the labelled set get 0."""
-        from embedcache.kernels import predict_proba
+        return self._head_outputs(rows, proba=True)
+
+    def predict_logits(self, rows: np.ndarray) -> np.ndarray:
+        """`[n, num_classes]` float32 logits of the softmax head the scorer ranks with (a binary head's are
+        [0, z]); classes absent from the labelled set get -inf (probability 0)."""
+        return self._head_outputs(rows, proba=False)
+
+    def _head_outputs(self, rows: np.ndarray, proba: bool) -> np.ndarray:
+        from embedcache.kernels import predict_logits, predict_proba
 
         rows = np.asarray(rows, dtype=np.int64)
-        full = np.zeros((len(rows), self.num_classes), dtype=np.float32)
+        full = np.full((len(rows), self.num_classes), 0.0 if proba else -np.inf, dtype=np.float32)
         if len(self.classes_) == 1:
-            full[:, self.classes_[0]] = 1.0
+            full[:, self.classes_[0]] = 1.0 if proba else 0.0
             return full
+        predict = predict_proba if proba else predict_logits
         prepared = next((x for r, x in self._eval.values() if len(r) == len(rows) and np.array_equal(r, rows)), None)
-        if prepared is not None:  # a row's probabilities do not depend on the rows scored with it
-            full[:, self.classes_] = predict_proba(prepared, *self._head)
+        if prepared is not None:  # a row's outputs do not depend on the rows scored with it
+            full[:, self.classes_] = predict(prepared, *self._head)
         else:
-            full[:, self.classes_] = predict_proba(self.features, *self._head, rows=rows)
+            full[:, self.classes_] = predict(self.features, *self._head, rows=rows)
         return full
+
+    def embed(self, rows: np.ndarray) -> np.ndarray:
+        """`[n, D]` float32: the vectors the head reads, standardised with the statistics `fit` uses (the
+        pool's given to `prepare`, else all rows'; as they are without `standardize`)."""
+        if not self._stats_ready:
+            self._set_stats(self.features)
+        return self._standardized(np.ascontiguousarray(rows, dtype=np.int64)).to(torch.float32).cpu().numpy()
+
+    def gradient_embedding(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BADGE's gradient of the loss at the predicted class, factorised: (p - onehot(argmax p) `[n, C]`,
+        [embed(rows), 1] `[n, D + 1]`); their outer product per row is the gradient for weights and bias."""
+        rows = np.asarray(rows, dtype=np.int64)
+        residual = self.predict_proba(rows)
+        residual[np.arange(len(rows)), residual.argmax(axis=1)] -= 1.0
+        inputs = np.ones((len(rows), self.features.shape[1] + 1), dtype=np.float32)
+        inputs[:, :-1] = self.embed(rows)
+        return residual, inputs
 
     def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The acquisition's fused path: the pool ranked by `embedcache.kernels.score_topk` without
-        materialising its probabilities; what scoring `predict_proba(candidates)` gives, up to ties."""
+        materialising its probabilities; what scoring `predict_proba(candidates)` (`predict_logits` for a
+        logit score) gives, up to ties."""
         from embedcache.kernels import score_topk
-        from embedcache.scoring import PROBABILITY_SCORES, top_k
 
         candidates = np.asarray(candidates, dtype=np.int64)
         if len(self.classes_) == 1:  # every candidate is certain: the tie rule alone orders them
+            if strategy in LOGIT_SCORES:
+                return top_k(LOGIT_SCORES[strategy](self.predict_logits(candidates)), candidates, k, seed)
             return top_k(PROBABILITY_SCORES[strategy](self.predict_proba(candidates)), candidates, k, seed)
         if self._pool is not None and (self._pool[1][candidates] >= 0).all():
             # score the contiguous pool block, the others masked (no gather when most are candidates);

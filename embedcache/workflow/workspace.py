@@ -10,7 +10,7 @@ then every new name the labels file brings, in order of first appearance, so the
 never move.
 
 `Model` is the linear head (`LinearLearner`, warm-started as labels arrive) with a strategy from
-`embedcache.acquisition`; with no labels yet it draws a seeded random cold start. Everything is a
+`embedcache.strategies`; with no labels yet it draws a seeded random cold start. Everything is a
 function of the cache, the labels and the seed, so `suggest` gives the same batch for the same inputs.
 """
 
@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from embedcache.acquisition import create_strategy
+from embedcache.strategies import create_strategy
 from embedcache.cache import EmbeddingCache
 from embedcache.errors import ConfigError, DatasetError
 from embedcache.learners.linear import LinearLearner
@@ -211,6 +211,7 @@ class Model:
         self.learner: LinearLearner | None = None
         self.classes: list[str] = []
         self.n_labels = 0
+        self.labeled_rows = np.zeros(0, dtype=np.int64)
 
     def fit(self, rows: np.ndarray, y: np.ndarray, classes: list[str]) -> "Model":
         """Fit on (rows, class indices into `classes`); with no rows the model is the cold start."""
@@ -219,6 +220,7 @@ class Model:
             self.learner.prepare(self.workspace.split_rows, {})
         self.classes = list(classes)
         self.n_labels = len(rows)
+        self.labeled_rows = np.asarray(rows, dtype=np.int64)
         if len(rows):
             self.learner.fit(rows, y)
         return self
@@ -237,7 +239,7 @@ class Model:
         if not len(candidates):
             return candidates[:0], np.zeros(0)
         chooser = self.strategy if self.fitted else self.cold_start
-        return chooser.select(self.learner, candidates, k, self.seed)
+        return chooser.select(self.learner, candidates, self.labeled_rows, k, self.seed)
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray | None:
         """[n, classes] probabilities, or None before the first label."""
