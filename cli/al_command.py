@@ -104,14 +104,10 @@ class Learners:
 
 def _learners(C, standardize, solver, device, recipe_options, micro_batch, eval_batch_size, num_workers, train_seed,
               amp) -> Learners:
-    from embedcache.errors import ConfigError
     from embedcache.devices import resolve_device
     from embedcache.learners.finetune import FinetuneOptions
     from embedcache.learners.linear import LinearConfig
 
-    if amp == "fp16":
-        raise ConfigError("finetuning in float16 needs loss scaling, which the finetune learner does not do; use bf16 "
-                          "(or none)", param="amp")
     linear_device = "cpu" if device is None else str(resolve_device(device))
     return Learners(LinearConfig(C=C, standardize=standardize, solver=solver, device=linear_device),
                     FinetuneOptions(device=device or "auto", amp=amp, micro_batch=micro_batch,

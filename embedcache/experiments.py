@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from embedcache.cache import EmbeddingCache
-from embedcache.errors import ConfigError
+from embedcache.errors import CacheError, ConfigError
 from embedcache.faults import crash_point
 from embedcache.learners import distributed
 from embedcache.learners.base import Learner, RankerCapabilities
@@ -117,14 +117,15 @@ def aligned_features(cache_path: str | Path, metadata: Metadata) -> tuple[np.nda
         row_of = {i: r for r, i in enumerate(ids)}
         missing = [i for i in metadata.ids if i not in row_of]
         if missing:
-            raise ConfigError(f"--cache {cache_path}: {len(missing)} of the dataset's {len(metadata)} ids are not in "
-                              f"the cache, e.g. {missing[0]!r}; extract the cache from this dataset")
+            raise CacheError(f"{cache_path}: {len(missing)} of the dataset's {len(metadata)} ids are not in "
+                             f"the cache, e.g. {missing[0]!r}; extract the cache from this dataset", param="cache")
         rows = np.fromiter((row_of[i] for i in metadata.ids), dtype=np.int64, count=len(metadata))
         differ = np.flatnonzero(labels[rows] != metadata.label)
         if len(differ):
             k = differ[0]
-            raise ConfigError(f"--cache {cache_path}: id {metadata.ids[k]!r} has label {labels[rows[k]]} in the cache "
-                              f"but {metadata.label[k]} in the dataset; extract the cache from this dataset")
+            raise CacheError(f"{cache_path}: id {metadata.ids[k]!r} has label {labels[rows[k]]} in the cache "
+                             f"but {metadata.label[k]} in the dataset; extract the cache from this dataset",
+                             param="cache")
         if np.array_equal(rows, np.arange(len(ids))):
             features = cache.embeddings(dtype=np.float32)
         else:
@@ -167,7 +168,8 @@ class FinetuneExperiment:
         if not set(roles) <= {"finetune", "linear"} or roles == ("linear", "linear"):
             raise ConfigError(f"a finetune experiment evaluates and scores with finetune or linear, got {roles}")
         if "linear" in roles and self.cache is None:
-            raise ConfigError("--score-with linear / --mode linear with finetune scoring need --cache")
+            raise ConfigError("a linear side (scoring or evaluating with the linear head) needs a cache",
+                              param="cache")
 
     def open(self, learners: bool = True) -> Session:
         """The dataset, backbone and learner (always made, `learners` notwithstanding: the learner's
@@ -213,9 +215,10 @@ def parse_seeds(text: str) -> list[int]:
     for part in text.split(","):
         start, dash, stop = part.strip().partition("-")
         if not start.isdigit() or (dash and not stop.isdigit()):
-            raise ConfigError(f"--seeds {text!r}: expected numbers and ranges like 0-15 or 1,11")
+            raise ConfigError(f"{text!r}: expected numbers and ranges like 0-15 or 1,11", param="seeds")
         if dash and int(stop) < int(start):
-            raise ConfigError(f"--seeds {text!r}: the range {part.strip()} runs backwards; write {stop}-{start}")
+            raise ConfigError(f"{text!r}: the range {part.strip()} runs backwards; write {stop}-{start}",
+                              param="seeds")
         seeds += list(range(int(start), int(stop) + 1)) if dash else [int(start)]
     return sorted(dict.fromkeys(seeds))
 
@@ -232,11 +235,12 @@ def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: S
     with it, however it ends.
     """
     if jobs < 1:
-        raise ConfigError("--jobs must be at least 1")
+        raise ConfigError("must be at least 1", param="jobs")
     if jobs > 1 and distributed.world_size() > 1:
-        raise ConfigError("--jobs > 1 cannot be combined with torchrun: the processes already share one run")
+        raise ConfigError("more than 1 cannot be combined with torchrun: the processes already share one run",
+                          param="jobs")
     if not strategies or not seeds:
-        raise ConfigError("no runs to make: give at least one --strategy and one seed")
+        raise ConfigError("no runs to make: `strategies` and `seeds` must each name at least one")
     for strategy in strategies:
         create_strategy(strategy)  # every name, before anything is opened (capabilities: when each run is planned)
     finished: list[Run] = []

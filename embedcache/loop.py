@@ -60,8 +60,8 @@ def seed_set(labels: np.ndarray, rows: np.ndarray, size: int, balanced: bool, rn
     if short:
         c, n = short[0]
         raise ConfigError(f"a class-balanced seed set of {size} needs {base} examples of each of {len(classes)} "
-                          f"classes, but class {c} has only {n} in the pool; use a smaller --seed-size or "
-                          "--no-seed-balanced")
+                          f"classes, but class {c} has only {n} in the pool; use a smaller `seed_size` or turn "
+                          "`seed_balanced` off", param="seed_size")
     quota = dict.fromkeys(classes.tolist(), base)
     spare = [c for c, n in zip(classes.tolist(), counts) if n > base]
     if extra > len(spare):

@@ -82,8 +82,8 @@ def record_path(out_dir: str | Path, strategy: str, seed: int) -> Path:
 def unwritable(folder: Path, error: OSError) -> ConfigError:
     """The one-line error for an output folder the OS refuses to write in (or to create)."""
     what = f"{error.strerror or error}" + (f": {error.filename}" if error.filename not in (None, str(folder)) else "")
-    return ConfigError(f"cannot write run records in {folder} ({what}): make the folder writable, or give `al` "
-                       "another --out")
+    return ConfigError(f"cannot write run records in {folder} ({what}): make the folder writable, or choose "
+                       "another one", param="out")
 
 
 # ---------------------------------------------------------------------------------------------- typed records
@@ -568,7 +568,7 @@ def _parse(path: Path) -> tuple[RunHeader | None, list[RoundRecord], int]:
         else:
             recovery = (f"the header and {rounds_text(len(scan.rounds))} before it are intact, and the run resumes at "
                         f"round {len(scan.rounds)}")
-        raise RecordError(f"{path}, line {scan.broken_line}: {scan.problem}. Recover with `embedcache repair {path}`: "
+        raise RecordError(f"{path}, line {scan.broken_line}: {scan.problem}. Recover with `embedcache repair --runs {path}`: "
                           f"it keeps the lines before this one and saves the original beside it; {recovery}")
     return scan.header, scan.rounds, scan.end
 
@@ -617,7 +617,7 @@ def check_identity(path: Path, existing: RunHeader, header: RunHeader) -> None:
     diff = existing.differences(header)
     if diff:
         raise RecordError(f"{path} belongs to another run configuration (differs in: {', '.join(diff)}); write to "
-                          "another --out folder or remove it")
+                          "another `out` folder or remove it")
 
 
 class RecordLock:

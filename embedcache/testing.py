@@ -420,7 +420,7 @@ def _waterbirds_variant(folder: Path) -> DatasetAdapter:
     from embedcache.datasets.waterbirds_variant import WaterbirdsBuild, build_waterbirds
 
     cub, places = synthetic.write_cub_and_places(folder / "sources", per_species=3, backgrounds=24)
-    build_waterbirds(WaterbirdsBuild(cub, places, folder / "built", matched=0.8, seed=0, workers=1))
+    build_waterbirds(WaterbirdsBuild(cub, places, folder / "built", matched=0.8, seed=0, threads=1))
     return create_dataset("waterbirds-variant", folder / "built")
 
 

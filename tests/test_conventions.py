@@ -143,7 +143,8 @@ def test_a_misspelt_name_exits_2_before_any_file_is_opened(tmp_path, cache, monk
 
 
 def test_a_strategy_registered_later_is_valid(monkeypatch):
-    from embedcache.strategies import STRATEGIES, RandomStrategy
+    from embedcache.strategies import STRATEGIES
+    from embedcache.strategies.random_sampling import RandomStrategy
 
     monkeypatch.setitem(STRATEGIES._entries, "coin-flip", RandomStrategy)
     assert _parse("al", ["--cache", "c.h5", "--out", "o", "--strategy", "coin-flip"])["strategies"] == ("coin-flip",)
@@ -177,3 +178,34 @@ def test_al_takes_its_options_as_the_library_configs():
 
     names = list(inspect.signature(al.callback).parameters)
     assert {"protocol", "learners", "data", "model"} <= set(names) and len(names) <= 12
+
+
+def _raised_texts(path: Path):
+    """(line, text) of every string literal inside a `raise` statement of a source file."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            inner = {id(v) for part in ast.walk(node.exc) if isinstance(part, ast.JoinedStr) for v in part.values}
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.JoinedStr):  # an f-string: its text with {} where values go
+                    yield part.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in part.values)
+                elif isinstance(part, ast.Constant) and isinstance(part.value, str) and id(part) not in inner:
+                    yield part.lineno, part.value
+
+
+def test_library_errors_speak_of_parameters_not_flags():
+    """The library names its parameters (`param=`, or `name` in backticks); only the CLI knows flags. A
+    command line the user may copy (`embedcache info --check ...`) is quoted whole in backticks."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    flag = re.compile(r"(?<![\w`-])--[a-z][a-z-]*")
+    offenders = []
+    for folder in ("embedcache", "kernels"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for line, text in _raised_texts(path):
+                unquoted = re.sub(r"`[^`]*`", "", text)
+                if flag.search(unquoted):
+                    offenders.append(f"{path.relative_to(root)}:{line}: {text!r}")
+    assert not offenders, "\n".join(offenders)

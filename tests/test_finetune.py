@@ -89,11 +89,11 @@ def test_recipes_hold_the_papers_values_and_parse_overrides():
     changed = default_recipe("image", {"schedule": "1,2,3", "base_lr": "0.1", "flip": "false", "mean": "0,0,0"})
     assert (changed.schedule, changed.base_lr, changed.flip, changed.mean) == ((1, 2, 3), 0.1, False, (0.0, 0.0, 0.0))
     assert default_recipe("text", {"beta1": "0.99"}).beta1 == 0.99
-    with pytest.raises(ConfigError, match="--recipe lr: the bit recipe has no such field; it has base_lr, momentum"):
+    with pytest.raises(ConfigError, match="recipe_options: lr: the bit recipe has no such field; it has base_lr, momentum"):
         default_recipe("image", {"lr": "1"})
-    with pytest.raises(ConfigError, match="--recipe crop=big: expected int"):
+    with pytest.raises(ConfigError, match="recipe_options: crop=big: expected int"):
         default_recipe("image", {"crop": "big"})
-    with pytest.raises(ConfigError, match="--recipe schedule=3,2: expected increasing"):
+    with pytest.raises(ConfigError, match="recipe_options: schedule=3,2: expected increasing"):
         default_recipe("image", {"schedule": "3,2"})
 
 
@@ -322,11 +322,11 @@ def test_hybrid_refuses_a_cache_of_other_examples(images, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--mode", "finetune"], "needs --dataset, --root and --backbone"),
-    (["--mode", "finetune", "--score-with", "linear", "@data"], "need --cache"),
+    (["--mode", "finetune", "--score-with", "linear", "@data"], "--cache: a linear side"),
     (["--mode", "finetune", "@data", "--recipe", "lr=1"], "the bit recipe has no such field"),
     (["--mode", "finetune", "@data", "--device", "cuda:0"], "CUDA is not available"),
     (["--mode", "finetune", "--dataset", "jsonl", "--root", "@texts", "--backbone", GN, "--weights", "random"],
-     "holds text examples but --backbone timm:test_efficientnet_gn reads image"),
+     "holds text examples but timm:test_efficientnet_gn reads image"),
 ])
 def test_cli_errors_name_the_option(images, tmp_path, extra, message):
     data = ["--dataset", "manifest", "--root", str(images), "--backbone", GN, "--weights", "random"]

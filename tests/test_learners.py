@@ -97,7 +97,7 @@ def test_one_class_and_bad_labels():
     assert (learner.predict_proba(np.arange(3)) == [0, 0, 1]).all() and learner.training_["stopped_by"] == "one_class"
     with pytest.raises(ConfigError, match="labels must be in 0..2"):
         learner.fit(np.arange(3), np.array([0, 1, 3]))
-    with pytest.raises(ConfigError, match="--solver"):
+    with pytest.raises(ConfigError, match="solver: must be one of"):
         LinearConfig(solver="sgd")
 
 

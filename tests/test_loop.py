@@ -135,7 +135,7 @@ def test_schedule_and_overrides():
     iwildcam = get_protocol("iwildcam").replace(pool_size=500, metrics=("macro_f1",))
     assert iwildcam.pool_size == 500 and iwildcam.evaluation.metrics == ("macro_f1",) and iwildcam.budget == 1456
     assert parse_seeds("0-3,10,2") == [0, 1, 2, 3, 10] and parse_seeds("1,11") == [1, 11]
-    with pytest.raises(ConfigError, match="--seeds"):
+    with pytest.raises(ConfigError, match="seeds: 'a-b': expected numbers"):
         parse_seeds("a-b")
 
 
@@ -346,8 +346,8 @@ def test_a_strategy_needing_a_capability_the_ranker_lacks_fails_before_writing(a
 def test_max_logit_is_a_strategy_and_a_hybrid_acquires_what_its_scorer_would(ambiguous, tmp_path):
     x, meta = ambiguous
     alone = _run(ambiguous, tmp_path / "linear", "max-logit")
-    assert alone.complete and all(len(r["acquired"]["ids"]) == 5 for r in alone.rounds[:-1])
+    assert alone.complete and all(len(r.acquired.ids) == 5 for r in alone.rounds[:-1])
     hybrid = run_al(HybridLearner(_ProbabilitiesOnly(LinearLearner(x, 2)), LinearLearner(x, 2)), meta, SMALL,
                     "max-logit", 0, tmp_path / "hybrid", source=SOURCE)
-    assert [r["acquired"] for r in hybrid.rounds] == [r["acquired"] for r in alone.rounds]
-    assert [r["metrics"] for r in hybrid.rounds] == [r["metrics"] for r in alone.rounds]
+    assert [r.acquired for r in hybrid.rounds] == [r.acquired for r in alone.rounds]
+    assert [r.metrics for r in hybrid.rounds] == [r.metrics for r in alone.rounds]

@@ -100,7 +100,7 @@ def test_a_broken_line_names_run_and_line_and_repair_resumes_the_run(grid, tmp_p
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
         assert result.output.startswith(f"Error: {record}, line 3: not JSON (")
-        assert (f"Recover with `embedcache repair {record}`: it keeps the lines before this one and saves the "
+        assert (f"Recover with `embedcache repair --runs {record}`: it keeps the lines before this one and saves the "
                 "original beside it; the header and round 0 before it are intact, and the run resumes at round 1"
                 in result.output)
     result = CliRunner().invoke(main, ["repair", "--runs", str(out)])
@@ -155,4 +155,4 @@ def test_a_line_that_is_not_a_round_is_a_record_error(grid, tmp_path, line, prob
     _break(record, 2, line)
     with pytest.raises(RecordError) as error:
         read_run(record)
-    assert str(error.value).startswith(f"{record}, line 2: {problem}. Recover with `embedcache repair {record}`")
+    assert str(error.value).startswith(f"{record}, line 2: {problem}. Recover with `embedcache repair --runs {record}`")

@@ -84,8 +84,8 @@ def setup(device: str) -> Context:
 
     if resolved.type == "cuda":
         if resolved.index is not None:
-            raise ConfigError(f"--device {device}: under torchrun each process uses cuda:LOCAL_RANK; "
-                              "pass --device cuda")
+            raise ConfigError(f"{device}: under torchrun each process uses cuda:LOCAL_RANK; pass cuda",
+                              param="device")
         resolved = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(resolved)
     if not dist.is_initialized():

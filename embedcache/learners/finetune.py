@@ -99,8 +99,9 @@ def _parse_field(hint, text: str, key: str):
             return text.lower() in ("true", "1")
         return hint(text)
     except ValueError:
-        raise ConfigError(f"--recipe {key}={text}: expected {getattr(hint, '__name__', hint)}"
-                          + (" values separated by commas" if typing.get_origin(hint) is tuple else "")) from None
+        raise ConfigError(f"{key}={text}: expected {getattr(hint, '__name__', hint)}"
+                          + (" values separated by commas" if typing.get_origin(hint) is tuple else ""),
+                          param="recipe_options") from None
 
 
 class _RecipeBase:
@@ -121,16 +122,16 @@ class _RecipeBase:
         changes = {}
         for key, text in options.items():
             if key not in names:
-                raise ConfigError(f"--recipe {key}: the {self.name} recipe has no such field; "
-                                  f"it has {', '.join(names)}")
+                raise ConfigError(f"{key}: the {self.name} recipe has no such field; it has {', '.join(names)}",
+                                  param="recipe_options")
             changes[key] = _parse_field(hints[key], text, key)
         return dataclasses.replace(self, **changes)
 
     def _check_common(self) -> None:
         if self.batch_size < 1:
-            raise ConfigError(f"--recipe batch_size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}", param="recipe_options")
         if not 0 < self.loss_ratio < 1:
-            raise ConfigError(f"--recipe loss_ratio must be in (0, 1), got {self.loss_ratio}")
+            raise ConfigError(f"loss_ratio must be in (0, 1), got {self.loss_ratio}", param="recipe_options")
 
     def to_dict(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self)}
@@ -165,12 +166,13 @@ class BitRecipe(_RecipeBase):
         if self.schedule is not None:
             s = self.schedule
             if len(s) < 2 or s[0] < 0 or s[-1] < 1 or any(b <= a for a, b in zip(s[1:], s[2:])) or s[1] < s[0]:
-                raise ConfigError(f"--recipe schedule={','.join(map(str, s))}: expected increasing step boundaries "
-                                  "(warm-up end, decays..., stop), e.g. 100,200,300,400,500")
+                raise ConfigError(f"schedule={','.join(map(str, s))}: expected increasing step boundaries "
+                                  "(warm-up end, decays..., stop), e.g. 100,200,300,400,500", param="recipe_options")
         if not 0 < self.crop <= self.resize or self.eval_resize < 1:
-            raise ConfigError(f"--recipe: need 0 < crop ({self.crop}) <= resize ({self.resize}) and eval_resize >= 1")
+            raise ConfigError(f"need 0 < crop ({self.crop}) <= resize ({self.resize}) and eval_resize >= 1",
+                              param="recipe_options")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError("--recipe mean and std need three values each, std > 0")
+            raise ConfigError("mean and std need three values each, std > 0", param="recipe_options")
 
     def supports(self, n_labeled: int) -> tuple[int, ...]:
         return self.schedule or bit_schedule(n_labeled)
@@ -219,7 +221,7 @@ class TextRecipe(_RecipeBase):
     def __post_init__(self) -> None:
         self._check_common()
         if self.max_steps < 1 or self.lr <= 0:
-            raise ConfigError("--recipe max_steps must be at least 1 and lr positive")
+            raise ConfigError("max_steps must be at least 1 and lr positive", param="recipe_options")
 
     def learning_rate(self, step: int, n_labeled: int) -> float | None:
         return self.lr if step < self.max_steps else None
@@ -259,10 +261,15 @@ class FinetuneOptions:
     channels_last: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.amp == "fp16":
+            raise ConfigError("finetuning in float16 needs loss scaling, which the finetune learner does not do; "
+                              "use bf16 (or none)", param="amp")
         if self.amp not in AMP_CHOICES:
-            raise ConfigError(f"--amp must be one of {AMP_CHOICES}, got {self.amp!r}")
-        if self.micro_batch < 1 or self.eval_batch_size < 1:
-            raise ConfigError("--micro-batch and --eval-batch-size must be at least 1")
+            raise ConfigError(f"must be one of {AMP_CHOICES}, got {self.amp!r}", param="amp")
+        if self.micro_batch < 1:
+            raise ConfigError("must be at least 1", param="micro_batch")
+        if self.eval_batch_size < 1:
+            raise ConfigError("must be at least 1", param="eval_batch_size")
 
 
 def round_seed(train_seed: int, rows: np.ndarray) -> int:
@@ -350,8 +357,8 @@ class FinetuneLearner(BaseLearner):
         self.recipe = recipe or default_recipe(backbone.modality)
         self.options = options or FinetuneOptions()
         if dataset.modality != backbone.modality:
-            raise ConfigError(f"dataset {dataset.name!r} holds {dataset.modality} examples but --backbone "
-                              f"{backbone.spec} reads {backbone.modality}")
+            raise ConfigError(f"dataset {dataset.name!r} holds {dataset.modality} examples but {backbone.spec} "
+                              f"reads {backbone.modality}", param="backbone")
         if self.recipe.modality != backbone.modality:
             raise ConfigError(f"the {self.recipe.name} recipe is for {self.recipe.modality} backbones, "
                               f"not {backbone.spec}")
@@ -554,7 +561,7 @@ class FinetuneLearner(BaseLearner):
             loss = float(context.sum(loss_sum)) / size
             if not math.isfinite(loss):
                 raise ConfigError(f"finetuning diverged: loss {loss} at step {len(losses)} (lr {lr:g}); "
-                                  "lower the learning rate with --recipe")
+                                  "lower the learning rate (`recipe_options`)")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss)

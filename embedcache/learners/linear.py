@@ -65,17 +65,18 @@ class LinearConfig:
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
-            raise ConfigError(f"--solver must be one of {SOLVERS}, got {self.solver!r}")
+            raise ConfigError(f"must be one of {SOLVERS}, got {self.solver!r}", param="solver")
         if not self.C > 0:
             raise ConfigError(f"--C must be positive, got {self.C}")
         try:
             device = torch.device(self.device)
         except RuntimeError:
-            raise ConfigError(f"--device {self.device!r}: expected cpu, cuda or cuda:N") from None
+            raise ConfigError(f"{self.device!r}: expected cpu, cuda or cuda:N", param="device") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {self.device}: CUDA is not available on this machine")
+            raise ConfigError(f"{self.device}: CUDA is not available on this machine", param="device")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ConfigError(f"--device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"{self.device}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                              param="device")
 
     def describe(self) -> dict:
         """What the run header records of the learner (part of a run's identity)."""

@@ -118,7 +118,7 @@ def create_app(session: LabellingSession, loopback_only: bool = True):
         except (OSError, RuntimeError):
             return error("not found", 404)
         if not resolved.is_relative_to(root) or not resolved.is_file() or resolved.suffix.lower() not in IMAGE_SUFFIXES:
-            return error("outside --media, or not an image", 403)
+            return error("outside the media folder, or not an image", 403)
         return FileResponse(resolved, headers={"Content-Security-Policy": "sandbox; default-src 'none'"})
 
     middleware = [Middleware(_Headers)]

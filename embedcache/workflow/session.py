@@ -253,7 +253,7 @@ class LabellingSession:
 
     def _media_url(self, path: Path) -> tuple[str | None, str | None]:
         if self.media_root is None:
-            return None, "no --media folder to serve images from"
+            return None, "no media folder to serve images from"
         try:
             relative = Path(path).resolve().relative_to(self.media_root)
         except ValueError:

@@ -130,7 +130,7 @@ class Workspace:
         twice = np.intersect1d(rows, self.cache_labelled)
         if len(twice):
             raise LabelsError(f"{state.source}: id {self.metadata.ids[twice[0]]!r} already has a label in {self.path}; "
-                              "pass --ignore-cache-labels to label the cache's rows anew")
+                              "pass `ignore_cache_labels` to label the cache's rows anew")
         y = np.array([index[r.label] for r in labels], dtype=np.int64)
         return np.concatenate([self.cache_labelled, rows]), np.concatenate([self._cache_y, y]), classes
 
