@@ -274,13 +274,14 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int, device: torch.device)
 
 def kmeans_centroids(sample: np.ndarray, n_clusters: int, seed: int, iterations: int,
                      device: torch.device) -> np.ndarray:
-    """FAISS k-means (its default start: distinct random rows of the sample; `iterations` Lloyd steps)
-    on the given sample rows; float32 centroids [n_clusters, D]."""
+    """FAISS k-means on the given sample rows: a k-means++ start (as scikit-learn's KMeans, which the
+    TypiClust and ProbCover authors used; FAISS's default random start can leave a well-separated
+    cluster without a centroid), then `iterations` Lloyd steps. float32 centroids [n_clusters, D]."""
     faiss = faiss_module()
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     kmeans = faiss.Kmeans(sample.shape[1], n_clusters, niter=iterations, seed=int(seed) & 0x7FFFFFFF,
                           max_points_per_centroid=max(1, len(sample)), min_points_per_centroid=1,
-                          gpu=faiss_gpu(device))
+                          init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS, gpu=faiss_gpu(device))
     kmeans.train(sample)
     return kmeans.centroids
 

@@ -1,0 +1,189 @@
+"""BALD and BatchBALD from posterior samples of the model's class probabilities.
+
+BALD (Houlsby, Huszár, Ghahramani & Lengyel, "Bayesian Active Learning for Classification and
+Preference Learning", 2011; Gal, Islam & Ghahramani, "Deep Bayesian Active Learning with Image Data",
+ICML 2017) scores a row by the mutual information between its label and the model parameters,
+estimated from T posterior samples p_t(y | x):
+
+    BALD(x) = H[mean_t p_t(y | x)] - mean_t H[p_t(y | x)],
+
+and takes the top k. BatchBALD (Kirsch, van Amersfoort & Gal, "BatchBALD: Efficient and Diverse Batch
+Acquisition for Deep Bayesian Active Learning", NeurIPS 2019) grows the batch greedily by the mutual
+information of the *joint* labels of the batch, I(y_1..y_n; w) = H(y_1..y_n) - Σ_i mean_t H[p_t(y_i)],
+so a second row that would say the same as the first adds little. The joint entropy is exact while
+the C^(n-1) label configurations of the rows picked so far number at most `joint_samples` (M);
+beyond that, M configurations are sampled (M/T from each posterior sample, as the authors'
+batchbald_redux does) and the entropy is an importance-weighted estimate.
+
+The batch's mutual information is submodular, so a row's gain can only shrink as the batch grows: each
+step evaluates the rows in order of their previous gain and stops once no unevaluated row's previous
+gain reaches the best gain found (lazy greedy, `lazy=True`): with exact joint entropies the picks equal
+full evaluation; with sampled ones, whose estimates are not exactly submodular, they can differ where
+gains are within the sampling noise. `lazy=False` evaluates every row at every step.
+
+Probabilities are `[n, T, C]` (rows, posterior samples, classes), aligned with `candidates`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.special
+import torch
+
+from embedcache.errors import ConfigError
+from embedcache.scoring import top_k
+from embedcache.strategies._common import (best, check_k, check_positive_int, check_rows, device_of, generator,
+                                           to_device, to_host)
+
+#: Sampled label configurations once exact enumeration would exceed them (see the module docstring).
+JOINT_SAMPLES = 10_000
+#: Joint probabilities × classes × rows evaluated at once (float64): 32 MiB.
+_BLOCK_ELEMENTS = 1 << 22
+#: Rows a lazy step evaluates first; each further round doubles.
+_FIRST_LAZY = 128
+
+
+def check_proba_samples(proba_samples, n_rows: int, name: str = "proba_samples") -> np.ndarray:
+    """[n, T, C] float probabilities: non-negative, summing to 1 over classes (within 1e-3)."""
+    proba = np.asarray(proba_samples)
+    if proba.ndim != 3 or len(proba) != n_rows or proba.shape[1] < 1 or proba.shape[2] < 2 \
+            or not np.issubdtype(proba.dtype, np.floating):
+        raise ConfigError(f"{name} must be float [rows, samples, classes] with one row per candidate ({n_rows}) "
+                          f"and at least 2 classes, got shape {proba.shape} of {proba.dtype}")
+    # NaN fails both comparisons, infinities the sum
+    if not (proba.min() >= 0 and np.abs(proba.sum(axis=2) - 1).max() <= 1e-3):
+        raise ConfigError(f"{name} must hold probabilities: finite, non-negative, summing to 1 over classes")
+    return proba
+
+
+def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """-Σ p log p (0 log 0 = 0)."""
+    return -scipy.special.xlogy(p, p).sum(axis=axis)
+
+
+def bald_scores(proba_samples: np.ndarray) -> np.ndarray:
+    """BALD's mutual information per row (nats, float64) of `[n, T, C]` posterior probabilities."""
+    proba = np.asarray(proba_samples)
+    return _entropy(proba.mean(axis=1, dtype=np.float64)) - _entropy(proba).mean(axis=1, dtype=np.float64)
+
+
+def bald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k candidates with the highest BALD score, best first (equal scores by `scoring.tie_priority`)."""
+    given = np.asarray(candidates)
+    check_rows(given, np.iinfo(np.int64).max, "candidates")
+    k = check_k(k, len(given))
+    scores = bald_scores(check_proba_samples(proba_samples, len(given)))
+    return top_k(scores, given.astype(np.int64), k, seed)
+
+
+def batchbald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: int, *,
+              joint_samples: int = JOINT_SAMPLES, lazy: bool = True,
+              device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """BatchBALD: k candidates grown greedily by the joint mutual information of their labels.
+
+    Returns (rows, scores) in the order picked; a score is the batch's estimated mutual information
+    once the pick joined it (nats). The seed drives the configuration sampling; equal gains go by
+    `scoring.tie_priority(row, seed)`.
+    """
+    given = np.asarray(candidates)
+    check_rows(given, np.iinfo(np.int64).max, "candidates")
+    rows = given.astype(np.int64)
+    k = check_k(k, len(rows))
+    joint_samples = check_positive_int(joint_samples, "joint_samples")
+    proba = check_proba_samples(proba_samples, len(rows)).astype(np.float64)
+    n, n_samples, n_classes = proba.shape
+    if joint_samples < n_samples:
+        raise ConfigError(f"joint_samples ({joint_samples}) must be at least the number of posterior samples "
+                          f"({n_samples}): each posterior sample draws joint_samples / samples configurations")
+    resolved = device_of(device)
+    rng = generator(seed, "batchbald")
+    conditional = _entropy(proba).mean(axis=1)  # mean_t H[p_t(y_i)]
+    gain = _entropy(proba.mean(axis=1)) - conditional  # BALD: the first gain, an upper bound of the later ones
+    chosen: list[int] = []
+    total = 0.0
+    scores = np.empty(k, dtype=np.float64)
+    for step in range(k):
+        if step == 0:
+            evaluated = np.arange(n)
+        else:
+            joint, weights = _joint(proba[chosen], joint_samples, rng)
+            base = _joint_entropy_alone(joint, weights)
+            evaluated = _evaluate(proba, joint, weights, base, conditional, gain, lazy, resolved)
+        pick = int(evaluated[best(gain[evaluated], rows[evaluated], seed)])
+        total += gain[pick]
+        scores[step] = total
+        chosen.append(pick)
+        gain[pick] = -np.inf
+    return rows[chosen], scores
+
+
+def _joint(chosen: np.ndarray, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """p(configuration | w_t) for the chosen rows' label configurations [M, T]: all C^m of them when
+    they number at most `limit` (weights None), else `limit` sampled ones with their importance
+    weights 1 / (M q(configuration)), q the mixture over posterior samples."""
+    m, n_samples, n_classes = chosen.shape
+    if n_classes ** m <= limit:
+        joint = np.ones((1, n_samples))
+        for row in chosen:  # configurations (.., y_i) as the last index varies fastest
+            joint = (joint[:, None, :] * row.T[None, :, :]).reshape(-1, n_samples)
+        return joint, None
+    per_sample = limit // n_samples
+    # y[i, t, s] ~ p_t(y_i): configuration s drawn from posterior sample t
+    cumulative = np.cumsum(chosen, axis=2)
+    draws = rng.random((m, n_samples, per_sample))
+    labels = np.minimum((cumulative[:, :, None, :] <= draws[..., None]).sum(axis=3), n_classes - 1)
+    labels = labels.reshape(m, -1)  # [m, M] configurations, M = T · per_sample
+    with np.errstate(divide="ignore"):
+        log_p = np.log(chosen)  # [m, T, C]
+    # log p_t'(configuration) = Σ_i log p_t'(y_i)
+    log_joint = np.take_along_axis(log_p, labels[:, None, :].repeat(n_samples, axis=1), axis=2).sum(axis=0)
+    joint = np.exp(log_joint.T)  # [M, T]
+    q = joint.mean(axis=1)
+    return joint, 1.0 / (len(joint) * q)
+
+
+def _joint_entropy_alone(joint: np.ndarray, weights: np.ndarray | None) -> float:
+    """H(y_chosen): exact, or the importance-weighted estimate."""
+    q = joint.mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, q * np.log(q), 0.0)
+    return float(-(terms if weights is None else terms * weights).sum())
+
+
+def _evaluate(proba, joint, weights, base, conditional, gain, lazy, device) -> np.ndarray:
+    """Update `gain` (H(chosen, y_x) - H(chosen) - mean_t H[p_t(y_x)]) of the rows that need it; returns them."""
+    n, n_samples, n_classes = proba.shape
+    block = max(1, _BLOCK_ELEMENTS // (len(joint) * n_classes))
+    joint_device = to_device(joint / n_samples, device)
+    weights_device = None if weights is None else to_device(weights, device)
+    open_rows = np.flatnonzero(np.isfinite(gain))
+    if not lazy:
+        order = open_rows
+        for lo in range(0, len(order), block):
+            part = order[lo:lo + block]
+            gain[part] = _joint_entropy_with(proba[part], joint_device, weights_device, device) - base - conditional[part]
+        return order
+    order = open_rows[np.argsort(-gain[open_rows], kind="stable")]
+    done, step = 0, min(block, _FIRST_LAZY)
+    while done < len(order):
+        part = order[done:done + step]
+        gain[part] = _joint_entropy_with(proba[part], joint_device, weights_device, device) - base - conditional[part]
+        done += len(part)
+        step = min(block, 2 * step)
+        best_gain = gain[order[:done]].max()
+        # rows not evaluated yet keep their previous gain, an upper bound of the current one
+        if done < len(order) and gain[order[done]] < best_gain:
+            break
+    return order[:done]
+
+
+def _joint_entropy_with(proba_rows: np.ndarray, joint, weights, device) -> np.ndarray:
+    """H(chosen, y_x) per row x: Σ_(config, c) of -P log P with P = Σ_t joint[config, t] p_t(c | x) / T."""
+    b, n_samples, n_classes = proba_rows.shape
+    stacked = to_device(np.ascontiguousarray(proba_rows.transpose(1, 0, 2).reshape(n_samples, b * n_classes)), device)
+    p = joint @ stacked  # [M, b·C]
+    terms = scipy.special.xlogy(p, p) if isinstance(p, np.ndarray) else torch.special.xlogy(p, p)
+    totals = terms.sum(0) if weights is None else weights @ terms
+    return -to_host(totals).reshape(b, n_classes).sum(axis=1)
