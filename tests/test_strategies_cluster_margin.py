@@ -65,7 +65,7 @@ def test_hac_matches_scipy_on_exact_distances():
     assert len(np.unique(hac_clusters(x, np.arange(120), seed=0))) == 11  # ⌈√120⌉
 
 
-def test_hac_summary_of_a_large_pool_keeps_separated_clusters():
+def test_hac_on_landmarks_of_a_large_pool_keeps_separated_clusters():
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(c, 0.3, size=(400, 4)) for c in (0, 8, 16, 24)]).astype(np.float32)
     clusters = hac_clusters(x, np.arange(1600), seed=3, n_clusters=4, max_exact_rows=50)

@@ -24,7 +24,7 @@ import torch
 
 from embedcache.errors import ConfigError
 from embedcache.strategies._common import (Span, best, check_aligned, check_k, check_rows, check_table, device_of,
-                                           generator, row_norms2, to_device, to_host)
+                                           generator, one_blas_thread, row_norms2, to_device, to_host)
 
 
 def badge(embeddings: np.ndarray, candidates: np.ndarray, proba: np.ndarray, k: int, seed: int, *,
@@ -69,18 +69,19 @@ def badge(embeddings: np.ndarray, candidates: np.ndarray, proba: np.ndarray, k: 
     d2 = np.full(len(span), np.inf)
     d2[~span.member] = 0.0
     chosen = np.zeros(len(span), dtype=bool)
-    for i in range(1, k):
-        chosen[pick] = True
-        h_dot = _feature_dots(span, pick, mean, scale) + float(intercept)
-        to_pick = r_norm2 * h_norm2 + r_norm2[pick] * h_norm2[pick] - 2.0 * (residual @ residual[pick]) * h_dot
-        np.minimum(d2, np.maximum(to_pick, 0.0), out=d2)
-        d2[chosen] = 0.0
-        cumulative = np.cumsum(d2)
-        if cumulative[-1] > 0:
-            pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-        else:  # every remaining candidate's gradient equals a picked one's: uniform, by the tie rule
-            pick = best(np.where(span.member & ~chosen, 0.0, -np.inf), span.span, seed)
-        rows[i], scores[i] = span.span[pick], d2[pick]
+    with one_blas_thread():  # one matrix-vector product per pick
+        for i in range(1, k):
+            chosen[pick] = True
+            h_dot = _feature_dots(span, pick, mean, scale) + float(intercept)
+            to_pick = r_norm2 * h_norm2 + r_norm2[pick] * h_norm2[pick] - 2.0 * (residual @ residual[pick]) * h_dot
+            np.minimum(d2, np.maximum(to_pick, 0.0), out=d2)
+            d2[chosen] = 0.0
+            cumulative = np.cumsum(d2)
+            if cumulative[-1] > 0:
+                pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+            else:  # every remaining candidate's gradient equals a picked one's: uniform, by the tie rule
+                pick = best(np.where(span.member & ~chosen, 0.0, -np.inf), span.span, seed)
+            rows[i], scores[i] = span.span[pick], d2[pick]
     return rows, scores
 
 

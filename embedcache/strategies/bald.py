@@ -26,7 +26,7 @@ Probabilities are `[n, T, C]` (rows, posterior samples, classes), aligned with `
 
 from __future__ import annotations
 
-import math
+import os
 
 import numpy as np
 import scipy.special
@@ -35,7 +35,7 @@ import torch
 from embedcache.errors import ConfigError
 from embedcache.scoring import top_k
 from embedcache.strategies._common import (best, check_k, check_positive_int, check_rows, device_of, generator,
-                                           to_device, to_host)
+                                           map_parallel, to_device, to_host)
 
 #: Sampled label configurations once exact enumeration would exceed them (see the module docstring).
 JOINT_SAMPLES = 10_000
@@ -66,7 +66,11 @@ def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
 def bald_scores(proba_samples: np.ndarray) -> np.ndarray:
     """BALD's mutual information per row (nats, float64) of `[n, T, C]` posterior probabilities."""
     proba = np.asarray(proba_samples)
-    return _entropy(proba.mean(axis=1, dtype=np.float64)) - _entropy(proba).mean(axis=1, dtype=np.float64)
+    logs = np.maximum(proba, np.finfo(proba.dtype).tiny)  # 0 log 0 = 0
+    np.log(logs, out=logs)
+    n, n_samples, n_classes = proba.shape
+    conditional = -np.einsum("ij,ij->i", proba.reshape(n, -1), logs.reshape(n, -1), dtype=np.float64) / n_samples
+    return _entropy(proba.mean(axis=1, dtype=np.float64)) - conditional
 
 
 def bald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +102,7 @@ def batchbald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: i
         raise ConfigError(f"joint_samples ({joint_samples}) must be at least the number of posterior samples "
                           f"({n_samples}): each posterior sample draws joint_samples / samples configurations")
     resolved = device_of(device)
-    rng = generator(seed, "batchbald")
+    configurations = _Configurations(n_samples, joint_samples, generator(seed, "batchbald"))
     conditional = _entropy(proba).mean(axis=1)  # mean_t H[p_t(y_i)]
     gain = _entropy(proba.mean(axis=1)) - conditional  # BALD: the first gain, an upper bound of the later ones
     chosen: list[int] = []
@@ -108,7 +112,8 @@ def batchbald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: i
         if step == 0:
             evaluated = np.arange(n)
         else:
-            joint, weights = _joint(proba[chosen], joint_samples, rng)
+            configurations.add(proba[chosen[-1]])
+            joint, weights = configurations.joint, configurations.weights
             base = _joint_entropy_alone(joint, weights)
             evaluated = _evaluate(proba, joint, weights, base, conditional, gain, lazy, resolved)
         pick = int(evaluated[best(gain[evaluated], rows[evaluated], seed)])
@@ -119,29 +124,44 @@ def batchbald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: i
     return rows[chosen], scores
 
 
-def _joint(chosen: np.ndarray, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    """p(configuration | w_t) for the chosen rows' label configurations [M, T]: all C^m of them when
-    they number at most `limit` (weights None), else `limit` sampled ones with their importance
-    weights 1 / (M q(configuration)), q the mixture over posterior samples."""
-    m, n_samples, n_classes = chosen.shape
-    if n_classes ** m <= limit:
-        joint = np.ones((1, n_samples))
-        for row in chosen:  # configurations (.., y_i) as the last index varies fastest
-            joint = (joint[:, None, :] * row.T[None, :, :]).reshape(-1, n_samples)
-        return joint, None
-    per_sample = limit // n_samples
-    # y[i, t, s] ~ p_t(y_i): configuration s drawn from posterior sample t
-    cumulative = np.cumsum(chosen, axis=2)
-    draws = rng.random((m, n_samples, per_sample))
-    labels = np.minimum((cumulative[:, :, None, :] <= draws[..., None]).sum(axis=3), n_classes - 1)
-    labels = labels.reshape(m, -1)  # [m, M] configurations, M = T · per_sample
-    with np.errstate(divide="ignore"):
-        log_p = np.log(chosen)  # [m, T, C]
-    # log p_t'(configuration) = Σ_i log p_t'(y_i)
-    log_joint = np.take_along_axis(log_p, labels[:, None, :].repeat(n_samples, axis=1), axis=2).sum(axis=0)
-    joint = np.exp(log_joint.T)  # [M, T]
-    q = joint.mean(axis=1)
-    return joint, 1.0 / (len(joint) * q)
+class _Configurations:
+    """Label configurations of the rows picked so far and p(configuration | w_t) for each [M, T].
+
+    All C^m configurations while they number at most `limit` (weights None: exact); beyond that,
+    `limit` sampled ones, `limit / T` from each posterior sample t (every picked row's label drawn
+    from p_t), with importance weights 1 / (M q(configuration)), q the mixture over the samples.
+    A sampled configuration stays a valid draw when a row is added (its new label is drawn from the
+    same p_t), so the samples are extended rather than redrawn: successive steps share their Monte
+    Carlo noise, which keeps the previous step's gains good bounds for the lazy evaluation.
+    """
+
+    def __init__(self, n_samples: int, limit: int, rng: np.random.Generator):
+        self.limit, self.rng = limit, rng
+        self.picked: list[np.ndarray] = []
+        self.joint = np.ones((1, n_samples))
+        self.weights: np.ndarray | None = None
+        self.origin: np.ndarray | None = None  # posterior sample each configuration was drawn from
+
+    def add(self, proba_row: np.ndarray) -> None:
+        """Add a picked row's probabilities [T, C]."""
+        self.picked.append(proba_row)
+        n_samples, n_classes = proba_row.shape
+        if self.weights is None and n_classes ** len(self.picked) <= self.limit:
+            # configurations (.., y_new) with the new label varying fastest
+            self.joint = (self.joint[:, None, :] * proba_row.T[None, :, :]).reshape(-1, n_samples)
+            return
+        if self.weights is None:  # leaving the exact regime: draw every picked row's labels
+            self.origin = np.repeat(np.arange(n_samples), self.limit // n_samples)
+            self.joint = np.ones((len(self.origin), n_samples))
+            rows = self.picked
+        else:
+            rows = [proba_row]
+        for row in rows:
+            cumulative = np.cumsum(row[self.origin], axis=1)  # [M, C]: p_t(y) of each configuration's t
+            draws = self.rng.random(len(self.origin))
+            labels = np.minimum((cumulative <= draws[:, None]).sum(axis=1), n_classes - 1)
+            self.joint *= row[:, labels].T  # p_t'(y) for every t'
+        self.weights = 1.0 / (len(self.joint) * self.joint.mean(axis=1))
 
 
 def _joint_entropy_alone(joint: np.ndarray, weights: np.ndarray | None) -> float:
@@ -153,28 +173,39 @@ def _joint_entropy_alone(joint: np.ndarray, weights: np.ndarray | None) -> float
 
 
 def _evaluate(proba, joint, weights, base, conditional, gain, lazy, device) -> np.ndarray:
-    """Update `gain` (H(chosen, y_x) - H(chosen) - mean_t H[p_t(y_x)]) of the rows that need it; returns them."""
+    """Update `gain` (H(chosen, y_x) - H(chosen) - mean_t H[p_t(y_x)]) of the rows that need it; returns them.
+
+    Exact joint entropies are computed in float64; sampled ones, whose Monte Carlo error (about
+    1/√M) dwarfs float32 rounding, in float32 (twice the throughput)."""
     n, n_samples, n_classes = proba.shape
+    dtype = np.float64 if weights is None else np.float32
     block = max(1, _BLOCK_ELEMENTS // (len(joint) * n_classes))
-    joint_device = to_device(joint / n_samples, device)
-    weights_device = None if weights is None else to_device(weights, device)
+    joint_device = to_device((joint / n_samples).astype(dtype), device)
+    weights_device = None if weights is None else to_device(weights.astype(dtype), device)
+
+    def update(part: np.ndarray) -> None:
+        entropy = _joint_entropy_with(proba[part].astype(dtype), joint_device, weights_device, device)
+        gain[part] = entropy - base - conditional[part]
+
+    def update_parallel(part: np.ndarray) -> None:
+        if device.type != "cpu" or len(part) < 64:
+            update(part)
+        else:
+            map_parallel(update, np.array_split(part, min(len(part) // 32, os.cpu_count() or 1)))
+
     open_rows = np.flatnonzero(np.isfinite(gain))
     if not lazy:
-        order = open_rows
-        for lo in range(0, len(order), block):
-            part = order[lo:lo + block]
-            gain[part] = _joint_entropy_with(proba[part], joint_device, weights_device, device) - base - conditional[part]
-        return order
+        for lo in range(0, len(open_rows), block):
+            update_parallel(open_rows[lo:lo + block])
+        return open_rows
     order = open_rows[np.argsort(-gain[open_rows], kind="stable")]
     done, step = 0, min(block, _FIRST_LAZY)
     while done < len(order):
-        part = order[done:done + step]
-        gain[part] = _joint_entropy_with(proba[part], joint_device, weights_device, device) - base - conditional[part]
-        done += len(part)
+        update_parallel(order[done:done + step])
+        done = min(done + step, len(order))
         step = min(block, 2 * step)
-        best_gain = gain[order[:done]].max()
         # rows not evaluated yet keep their previous gain, an upper bound of the current one
-        if done < len(order) and gain[order[done]] < best_gain:
+        if done < len(order) and gain[order[done]] < gain[order[:done]].max():
             break
     return order[:done]
 
@@ -184,6 +215,11 @@ def _joint_entropy_with(proba_rows: np.ndarray, joint, weights, device) -> np.nd
     b, n_samples, n_classes = proba_rows.shape
     stacked = to_device(np.ascontiguousarray(proba_rows.transpose(1, 0, 2).reshape(n_samples, b * n_classes)), device)
     p = joint @ stacked  # [M, b·C]
-    terms = scipy.special.xlogy(p, p) if isinstance(p, np.ndarray) else torch.special.xlogy(p, p)
+    if isinstance(p, np.ndarray):  # P log P, with 0 log 0 = 0 (log of the smallest normal number instead)
+        terms = np.maximum(p, np.finfo(p.dtype).tiny)
+        np.log(terms, out=terms)
+        terms *= p
+    else:
+        terms = torch.special.xlogy(p, p)
     totals = terms.sum(0) if weights is None else weights @ terms
-    return -to_host(totals).reshape(b, n_classes).sum(axis=1)
+    return -to_host(totals).astype(np.float64).reshape(b, n_classes).sum(axis=1)

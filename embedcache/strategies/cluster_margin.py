@@ -11,10 +11,10 @@ gives a second row before every group has given one.
 The paper cuts the HAC tree at a distance ε tuned per dataset; here either `distance_threshold`
 (that ε) or `n_clusters` sets the cut, and with neither the tree is cut into ⌈√n⌉ clusters (our
 default, not the paper's). Exact average-linkage HAC needs all n(n-1)/2 distances: up to
-`max_exact_rows` = 5,000 rows (100 MB) it is exact (scipy); larger pools are first summarised by
-FAISS k-means into that many micro-clusters, whose centroids are clustered by HAC and whose rows
-inherit their micro-cluster's cluster (an approximation of average linkage, like the paper's
-distributed HAC is of exact HAC).
+`max_exact_rows` = 5,000 rows (100 MB) it is exact (scipy); in larger pools a seeded sample of that
+many rows (landmarks) is clustered exactly and every other row joins its nearest landmark's cluster
+(FAISS search): an approximation of average linkage, as the paper's distributed HAC is of exact HAC,
+at O(n · max_exact_rows · D) cost.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import torch
 from embedcache.errors import ConfigError
 from embedcache.scoring import tie_priority, top_k
 from embedcache.strategies._common import (Span, check_aligned, check_k, check_positive_int, check_rows,
-                                           check_table, device_of, kmeans_centroids, generator, knn, row_uniforms,
-                                           to_device, to_host)
+                                           check_table, device_of, generator, knn, row_uniforms, to_device, to_host)
 
 #: k_m = MARGIN_FACTOR · k margin candidates (the paper's setting).
 MARGIN_FACTOR = 10
@@ -38,12 +37,11 @@ MAX_EXACT_ROWS = 5000
 
 def hac_clusters(embeddings: np.ndarray, rows: np.ndarray, seed: int, *, n_clusters: int | None = None,
                  distance_threshold: float | None = None, max_exact_rows: int = MAX_EXACT_ROWS,
-                 kmeans_iterations: int = 25, device: str | torch.device = "cpu",
-                 block_rows: int | None = None) -> np.ndarray:
+                 device: str | torch.device = "cpu", block_rows: int | None = None) -> np.ndarray:
     """Average-linkage HAC cluster (0, 1, ...) of each of `rows` (aligned with `rows` as given).
 
     Cut the tree into `n_clusters` clusters, or where merges pass `distance_threshold` (Euclidean);
-    with neither, into ⌈√n⌉ clusters. The seed drives the k-means summary of pools larger than
+    with neither, into ⌈√n⌉ clusters. The seed draws the landmarks of pools larger than
     `max_exact_rows` (exact HAC is deterministic).
     """
     table = check_table(embeddings)
@@ -68,9 +66,8 @@ def hac_clusters(embeddings: np.ndarray, rows: np.ndarray, seed: int, *, n_clust
     if len(rows) <= max_exact_rows:
         points, assignment = span.host_take(members), np.arange(len(rows))
     else:
-        sample_size = min(len(rows), 256 * max_exact_rows)
-        sample = np.sort(generator(seed, "hac summary").choice(members, size=sample_size, replace=False))
-        points = kmeans_centroids(span.host_take(sample), max_exact_rows, seed, kmeans_iterations, span.device)
+        landmarks = np.sort(generator(seed, "hac landmarks").choice(members, size=max_exact_rows, replace=False))
+        points = span.host_take(landmarks)
         assignment = np.empty(len(rows), dtype=np.int64)
         for lo in range(0, len(members), span.block_rows):
             _, nearest = knn(span.host_take(members[lo:lo + span.block_rows]), points, 1, span.device)

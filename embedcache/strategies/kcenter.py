@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from embedcache.strategies._common import (Span, best, check_disjoint, check_k, check_rows, check_table,
-                                           device_of, row_min, row_norms2, to_device, to_host)
+                                           device_of, one_blas_thread, row_min, row_norms2, to_device,
+                                           to_host)
 
 #: Labelled rows compared with a block at once when computing the distances to the labelled set.
 _LABELLED_CHUNK = 1024
@@ -47,21 +48,23 @@ def kcenter_greedy(embeddings: np.ndarray, candidates: np.ndarray, labelled: np.
     bound = to_labelled.copy()  # squared distance to the nearest labelled or picked row, or an upper bound of it
     picked: list[int] = []
     rows, scores = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64)
-    for i in range(k):
-        probe = _FIRST_PROBE
-        while True:
-            # every candidate outside `probe_set` has a bound below `threshold`, so below the best exact value
-            threshold = np.partition(bound, len(bound) - probe)[len(bound) - probe] if probe < len(bound) else -np.inf
-            probe_set = np.flatnonzero(bound >= threshold)
-            if picked:
-                bound[probe_set] = _exact(span, probe_set, picked, to_labelled[probe_set])
-            if bound[probe_set].max() >= threshold:
-                break
-            probe *= 4
-        pick = probe_set[best(bound[probe_set], span.span[probe_set], seed)]
-        rows[i], scores[i] = span.span[pick], np.sqrt(max(float(bound[pick]), 0.0))
-        bound[pick] = to_labelled[pick] = -np.inf
-        picked.append(int(pick))
+    with one_blas_thread():  # the re-evaluations are thin products
+        for i in range(k):
+            probe = _FIRST_PROBE
+            while True:
+                # every candidate outside `probe_set` has a bound below `threshold`, so below the best exact value
+                threshold = np.partition(bound, len(bound) - probe)[len(bound) - probe] \
+                    if probe < len(bound) else -np.inf
+                probe_set = np.flatnonzero(bound >= threshold)
+                if picked:
+                    bound[probe_set] = _exact(span, probe_set, picked, to_labelled[probe_set])
+                if bound[probe_set].max() >= threshold:
+                    break
+                probe *= 4
+            pick = probe_set[best(bound[probe_set], span.span[probe_set], seed)]
+            rows[i], scores[i] = span.span[pick], np.sqrt(max(float(bound[pick]), 0.0))
+            bound[pick] = to_labelled[pick] = -np.inf
+            picked.append(int(pick))
     return rows, scores
 
 

@@ -11,9 +11,9 @@ larger first among equals, and each visit picks the most *typical* unlabelled ro
 with K = min(20, ⌊cluster size / 2⌋) (`n_neighbors`, the paper's K = 20; the authors' code halves it
 for small clusters). The neighbours are the cluster's unlabelled rows not yet picked, as in the
 authors' code (which, unlike the paper's formula, averages squared distances; this follows the
-paper). k-means is FAISS's: a k-means++ start and 25 Lloyd iterations (FAISS's default) on a seeded
-sample of at most 256 rows per cluster (FAISS's default), every row then assigned exactly; the
-authors used scikit-learn's KMeans (k-means++ start), or MiniBatchKMeans above 50 clusters.
+paper). k-means: a k-means++ start, then 25 Lloyd iterations by FAISS (its default) on a seeded sample
+of at most 256 rows per cluster (FAISS's default), every row then assigned exactly; the authors used
+scikit-learn's KMeans (k-means++ start too), or MiniBatchKMeans above 50 clusters.
 
 Cost: k-means, plus an exact kNN search inside each visited cluster (its size squared).
 """
