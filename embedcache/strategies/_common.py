@@ -162,11 +162,24 @@ def _blas_controller():
 
 
 @contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Memory-bound products (matrix-vector, thin matrices) on one BLAS thread: waking OpenBLAS's second
-    thread cost 10x on the shared 2-core machine (a 7,000 x 512 sgemv: 10 ms on two threads, 1 ms on one)."""
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        yield
+def one_thread() -> Iterator[None]:
+    """Memory-bound products (matrix-vector, thin matrices) on one BLAS thread, and torch's elementwise
+    ops on one thread: waking a second thread cost 10x on the shared 2-core machine (a 7,000 x 512
+    sgemv: 10 ms on two threads, 1 ms on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def log_(array: np.ndarray) -> np.ndarray:
+    """The natural logarithm of a float numpy array, in place, by torch (its vectorised log is 3x numpy's
+    on the benchmark machine, where numpy finds no AVX-512)."""
+    torch.from_numpy(array).log_()
+    return array
 
 
 def map_parallel(fn, parts: list) -> list:
@@ -174,7 +187,7 @@ def map_parallel(fn, parts: list) -> list:
     workers = min(len(parts), os.cpu_count() or 1)
     if workers <= 1:
         return [fn(part) for part in parts]
-    with one_blas_thread(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    with one_thread(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
         return list(pool.map(fn, parts))
 
 
@@ -299,7 +312,7 @@ def kmeans_plus_plus(points: np.ndarray, n_clusters: int, rng: np.random.Generat
     norms = np.einsum("ij,ij->i", points, points).astype(np.float64)
     chosen = [int(rng.integers(len(points)))]
     nearest = np.full(len(points), np.inf)
-    with one_blas_thread():
+    with one_thread():
         _add_seeds(points, norms, chosen, nearest, n_clusters, rng)
     return points[chosen]
 

@@ -24,7 +24,7 @@ import torch
 
 from embedcache.errors import ConfigError
 from embedcache.strategies._common import (Span, best, check_aligned, check_k, check_rows, check_table, device_of,
-                                           generator, one_blas_thread, row_norms2, to_device, to_host)
+                                           generator, one_thread, row_norms2, to_device, to_host)
 
 
 def badge(embeddings: np.ndarray, candidates: np.ndarray, proba: np.ndarray, k: int, seed: int, *,
@@ -69,7 +69,7 @@ def badge(embeddings: np.ndarray, candidates: np.ndarray, proba: np.ndarray, k: 
     d2 = np.full(len(span), np.inf)
     d2[~span.member] = 0.0
     chosen = np.zeros(len(span), dtype=bool)
-    with one_blas_thread():  # one matrix-vector product per pick
+    with one_thread():  # one matrix-vector product per pick
         for i in range(1, k):
             chosen[pick] = True
             h_dot = _feature_dots(span, pick, mean, scale) + float(intercept)

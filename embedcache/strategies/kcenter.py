@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from embedcache.strategies._common import (Span, best, check_disjoint, check_k, check_rows, check_table,
-                                           device_of, one_blas_thread, row_min, row_norms2, to_device,
+                                           device_of, one_thread, row_min, row_norms2, to_device,
                                            to_host)
 
 #: Labelled rows compared with a block at once when computing the distances to the labelled set.
@@ -48,7 +48,7 @@ def kcenter_greedy(embeddings: np.ndarray, candidates: np.ndarray, labelled: np.
     bound = to_labelled.copy()  # squared distance to the nearest labelled or picked row, or an upper bound of it
     picked: list[int] = []
     rows, scores = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64)
-    with one_blas_thread():  # the re-evaluations are thin products
+    with one_thread():  # the re-evaluations are thin products
         for i in range(k):
             probe = _FIRST_PROBE
             while True:
