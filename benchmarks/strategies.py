@@ -147,8 +147,8 @@ def compare(args, classes: int) -> list[dict]:
                  "theirs_s": None if theirs_s is None else float(theirs_s),
                  "theirs_cpu_s": None if theirs_s is None else theirs_s.cpu, "overlap": agree, "note": note}
         rows.append(entry)
-        theirs = "          -" if theirs_s is None else (f"{theirs_s:8.2f} s ({theirs_s.cpu:7.2f})  "
-                                                        f"{theirs_s / ours_s:6.1f}x ({theirs_s.cpu / ours_s.cpu:5.1f}x)")
+        theirs = "          -" if theirs_s is None else (
+            f"{theirs_s:8.2f} s ({theirs_s.cpu:7.2f})  {theirs_s / ours_s:6.1f}x ({theirs_s.cpu / ours_s.cpu:5.1f}x)")
         print(f"C={classes:<3} {name:<26} {ours_s:8.3f} s ({ours_s.cpu:7.3f})   {theirs:<38} "
               f"{agree if agree is not None else '-':>5}   {note}", flush=True)
 
@@ -159,13 +159,14 @@ def compare(args, classes: int) -> list[dict]:
         row("coreset", ours_s, theirs_s, f"{overlap(ours, theirs)}/20", "same picks in the same order"
             if np.array_equal(ours, theirs) else "deterministic: differences are exact or float near-ties")
     if "badge" in wanted:
-        def ours_badge():
-            return badge(x, candidates, model.predict_proba(x[candidates]), BATCH, 0)[0]
+        def ours_badge():  # the probabilities are part of the time, as in scikit-activeml's query
+            return badge(x, candidates, model.predict_proba(x)[candidates], BATCH, 0)[0]
         ours_s, ours = best_of(args.repeats, ours_badge)
         theirs_s, theirs = best_of(1, lambda: Badge(random_state=0).query(x, y_missing, model, fit_clf=False,
                                                                           batch_size=BATCH))
         row("badge", ours_s, theirs_s, f"{overlap(ours, theirs)}/20",
-            f"first pick {'equal' if ours[0] == theirs[0] else 'DIFFERS'}; later picks are D² draws from different RNGs")
+            f"first pick {'equal' if ours[0] == theirs[0] else 'DIFFERS'}; "
+            "later picks are D² draws from different RNGs")
     if "typiclust" in wanted:
         ours_s, ours = best_of(args.repeats, lambda: typiclust(x, candidates, labelled, BATCH, 0)[0])
         theirs_s, theirs = best_of(1, lambda: TypiClust(random_state=0).query(x, y_missing, batch_size=BATCH))
@@ -211,7 +212,8 @@ def compare(args, classes: int) -> list[dict]:
         prefix = int(np.argmin(np.append(ours == theirs, False)))
         exact = int(math.floor(math.log(JOINT_SAMPLES, classes))) + 1
         row("batchbald", ours_s, theirs_s, f"{overlap(ours, theirs)}/20",
-            f"first {prefix} picks equal; exact for the first {exact}, then sampled (M = {JOINT_SAMPLES}) by different RNGs")
+            f"first {prefix} picks equal; exact for the first {exact}, "
+            f"then sampled (M = {JOINT_SAMPLES}) by different RNGs")
     if "cluster-margin" in wanted:
         hac_s, clusters = best_of(1, lambda: hac_clusters(x, candidates, 0))
         scores = margin(model.predict_proba(x[candidates]))
@@ -279,17 +281,24 @@ def run_large(name: str, n: int, dim: int, classes: int) -> dict:
 
 
 def large(args) -> None:
-    print(f"\nEach of ours alone on N = {args.large_n:,} x {args.dim} (float32, {args.large_n * args.dim * 4 / 2**30:.1f} "
-          f"GiB), C = {args.large_classes}, {LABELLED} labelled, batch {BATCH}; one child process each; peak RSS "
+    gib = args.large_n * args.dim * 4 / 2**30
+    print(f"\nEach of ours alone on N = {args.large_n:,} x {args.dim} (float32, {gib:.1f} GiB), "
+          f"C = {args.large_classes}, {LABELLED} labelled, batch {BATCH}; one child process each; peak RSS "
           f"includes the pool and the labelled head (RSS before = after building them)")
     names = [s for s in (args.only or STRATEGIES) if s != "probcover"] + ["probcover-on-knn-candidates"]
     sizes = {name: args.large_n for name in names}
     if not args.only or "probcover" in args.only:
         sizes["probcover"] = args.probcover_n
     for name, n in sizes.items():
-        command = [sys.executable, __file__, "--child", name, "--n", str(n), "--dim", str(args.dim),
+        script = os.path.abspath(__file__)
+        command = [sys.executable, script, "--child", name, "--n", str(n), "--dim", str(args.dim),
                    "--classes", str(args.large_classes)]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(__file__))
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(script),
+                                    timeout=args.large_timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{name:<30} N = {n:>9,}  did not finish within {args.large_timeout} s", flush=True)
+            continue
         if result.returncode:
             print(f"{name}: failed\n{result.stderr[-2000:]}")
             continue
@@ -310,6 +319,7 @@ def main() -> None:
     parser.add_argument("--large-classes", type=int, default=10)
     parser.add_argument("--probcover-n", type=int, default=100_000,
                         help="ProbCover's exact pass is O(N^2 D): its large run uses this many rows")
+    parser.add_argument("--large-timeout", type=int, default=1800, help="seconds each large run may take")
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

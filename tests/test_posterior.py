@@ -55,7 +55,8 @@ def sampler_covariance(x, coef, intercept, C):
 def test_laplace_covariance_equals_the_brute_force_inverse_hessian(width, C):
     x, coef, intercept = head(width=width, seed=width)
     reference = brute_force_covariance(x, coef, intercept, C)
-    np.testing.assert_allclose(sampler_covariance(x, coef, intercept, C), reference, atol=1e-10 * np.abs(reference).max())
+    np.testing.assert_allclose(sampler_covariance(x, coef, intercept, C), reference,
+                               atol=1e-10 * np.abs(reference).max())
 
 
 def test_laplace_samples_centre_on_the_fit_and_are_seeded():

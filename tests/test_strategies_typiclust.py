@@ -14,7 +14,8 @@ from embedcache.strategies.typiclust import typiclust
 def blobs(sizes, dim: int = 8, spread: float = 0.3, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((len(sizes), dim)) * 10
-    return np.concatenate([c + spread * rng.standard_normal((s, dim)) for c, s in zip(centers, sizes)]).astype(np.float32)
+    points = [c + spread * rng.standard_normal((s, dim)) for c, s in zip(centers, sizes)]
+    return np.concatenate(points).astype(np.float32)
 
 
 def reference_typiclust(x, candidates, labelled, k, seed, n_neighbors=20, min_cluster_size=5, max_clusters=500):

@@ -240,8 +240,20 @@ class Span:
             block = self.table[self.span[lo:hi]]
         return np.ascontiguousarray(block, dtype=np.float32)
 
-    def bounds(self) -> list[tuple[int, int]]:
-        return [(lo, min(lo + self.block_rows, len(self))) for lo in range(0, len(self), self.block_rows)]
+    def bounds(self, step: int | None = None) -> list[tuple[int, int]]:
+        step = step or self.block_rows
+        return [(lo, min(lo + step, len(self))) for lo in range(0, len(self), step)]
+
+    def map_blocks(self, fn) -> None:
+        """fn(lo, hi, block) for every block: on the CPU spread over one thread per core (numpy releases
+        the GIL; BLAS on one thread each), in pieces small enough to balance them; in order on CUDA."""
+        if self.device.type != "cpu":
+            for lo, hi, block in self.blocks():
+                fn(lo, hi, block)
+            return
+        pieces = 4 * (os.cpu_count() or 1)
+        step = min(self.block_rows, max(256, -(-len(self) // pieces)))
+        map_parallel(lambda bounds: fn(*bounds, self.host_block(*bounds)), self.bounds(step))
 
     def blocks(self):
         """(lo, hi, float32 embeddings of positions lo..hi-1 on the device), in order."""
@@ -265,8 +277,11 @@ class Span:
     def squared_norms(self) -> np.ndarray:
         """‖x‖² per position, float32, on the host."""
         norms = np.empty(len(self), dtype=np.float32)
-        for lo, hi, block in self.blocks():
+
+        def fill(lo, hi, block):
             norms[lo:hi] = to_host(row_norms2(block))
+
+        self.map_blocks(fill)
         return norms
 
 

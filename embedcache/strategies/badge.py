@@ -100,11 +100,14 @@ def _feature_norms2(span: Span, mean: np.ndarray, scale: np.ndarray) -> np.ndarr
     standardised = bool(mean.any() or (scale != 1).any())
     shift = to_device(mean.astype(np.float32), span.device)
     inverse = to_device((1.0 / scale).astype(np.float32), span.device)
-    for lo, hi, block in span.blocks():
+
+    def fill(lo, hi, block):
         if standardised:
             block = block - shift
             block *= inverse
         norms[lo:hi] = to_host(row_norms2(block))
+
+    span.map_blocks(fill)
     return norms
 
 
@@ -115,6 +118,9 @@ def _feature_dots(span: Span, position: int, mean: np.ndarray, scale: np.ndarray
     offset = float(mean @ w)
     w_device = to_device(w.astype(np.float32), span.device)
     dots = np.empty(len(span), dtype=np.float64)
-    for lo, hi, block in span.blocks():
+
+    def fill(lo, hi, block):
         dots[lo:hi] = to_host(block @ w_device)
+
+    span.map_blocks(fill)
     return dots - offset
