@@ -102,6 +102,19 @@ def test_a_too_low_sample_bound_finds_the_edges_again(monkeypatch):
     assert np.array_equal(rows, expected[0]) and np.array_equal(scores, expected[1])
 
 
+def test_one_cluster_gives_no_bound_and_a_clear_error():
+    """A sample all in one cluster bounds nothing (no edges are kept at first, not every pair); when every
+    row is in one cluster no radius exists at all."""
+    from embedcache.strategies.probcover import _Graph, _purity_bound2
+
+    x = integer_pool(n=40)
+    graph = _Graph(x, np.arange(40), device_of("cpu"), 16)
+    graph.sort_by_cluster(np.zeros(40, dtype=np.int64))
+    assert _purity_bound2(graph, 0.95, 10, seed=0) == 0.0
+    with pytest.raises(ConfigError, match="no radius separates clusters"):
+        purity_radius(x, np.arange(40), np.zeros(40, dtype=np.int64))
+
+
 def test_cold_start_everything_covered_and_determinism():
     x = integer_pool(seed=5)
     first = probcover(x, np.arange(90), [], 90, seed=1, delta=1.5)

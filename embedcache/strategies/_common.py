@@ -327,21 +327,17 @@ def kmeans_plus_plus(points: np.ndarray, n_clusters: int, rng: np.random.Generat
     norms = np.einsum("ij,ij->i", points, points).astype(np.float64)
     chosen = [int(rng.integers(len(points)))]
     nearest = np.full(len(points), np.inf)
-    with one_thread():
-        _add_seeds(points, norms, chosen, nearest, n_clusters, rng)
+    with one_thread():  # one matrix-vector product per seed
+        for _ in range(1, n_clusters):
+            last = chosen[-1]
+            np.minimum(nearest, np.maximum(norms + norms[last] - 2.0 * (points @ points[last]), 0.0), out=nearest)
+            nearest[chosen] = 0.0
+            total = np.cumsum(nearest)
+            if total[-1] > 0:
+                chosen.append(int(np.searchsorted(total, rng.random() * total[-1], side="right")))
+            else:  # fewer distinct points than seeds: any point not chosen yet
+                chosen.append(int(rng.choice(np.setdiff1d(np.arange(len(points)), chosen))))
     return points[chosen]
-
-
-def _add_seeds(points, norms, chosen: list[int], nearest: np.ndarray, n_clusters: int, rng) -> None:
-    for _ in range(1, n_clusters):
-        last = points[chosen[-1]]
-        nearest = np.minimum(nearest, np.maximum(norms + norms[chosen[-1]] - 2.0 * (points @ last), 0.0))
-        nearest[chosen] = 0.0
-        total = np.cumsum(nearest)
-        if total[-1] > 0:
-            chosen.append(int(np.searchsorted(total, rng.random() * total[-1], side="right")))
-        else:  # fewer distinct points than seeds: any point not chosen yet
-            chosen.append(int(rng.choice(np.setdiff1d(np.arange(len(points)), chosen))))
 
 
 def kmeans_centroids(sample: np.ndarray, n_clusters: int, seed: int, iterations: int,
@@ -353,16 +349,15 @@ def kmeans_centroids(sample: np.ndarray, n_clusters: int, seed: int, iterations:
     a seeded subsample of at most 32 rows per cluster (FAISS's own k-means++ pass over the whole sample
     costs more than its Lloyd iterations); then `iterations` Lloyd steps by FAISS.
     """
-    faiss = faiss_module()
     sample = np.ascontiguousarray(sample, dtype=np.float32)
-    kmeans = faiss.Kmeans(sample.shape[1], n_clusters, niter=iterations, seed=int(seed) & 0x7FFFFFFF,
-                          max_points_per_centroid=max(1, len(sample)), min_points_per_centroid=1,
-                          gpu=faiss_gpu(device))
     rng = generator(seed, "kmeans++")
     subsample = sample[np.sort(rng.choice(len(sample), size=min(len(sample), 32 * n_clusters), replace=False))]
     seeds = kmeans_plus_plus(subsample, n_clusters, rng)
     if iterations == 0:
         return seeds
+    kmeans = faiss_module().Kmeans(sample.shape[1], n_clusters, niter=iterations, seed=int(seed) & 0x7FFFFFFF,
+                                   max_points_per_centroid=max(1, len(sample)), min_points_per_centroid=1,
+                                   gpu=faiss_gpu(device))
     kmeans.train(sample, init_centroids=seeds)
     return kmeans.centroids
 

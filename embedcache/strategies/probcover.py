@@ -88,7 +88,7 @@ def purity_radius(embeddings: np.ndarray, rows: np.ndarray, clusters: np.ndarray
     clusters = np.asarray(clusters)
     if clusters.shape != given.shape or not np.issubdtype(clusters.dtype, np.integer):
         raise ConfigError(f"clusters must be one integer label per row ({given.shape}), got {clusters.shape}")
-    _check_radius_options(None, 2, alpha)
+    _check_alpha(alpha)
     order = np.argsort(given, kind="stable")
     rows = check_rows(given[order], len(table), "rows")
     graph = _Graph(table, rows, device_of(device), block_rows)
@@ -108,6 +108,10 @@ def _check_radius_options(delta, n_classes, alpha) -> None:
         raise ConfigError("ProbCover needs delta, or n_classes to choose delta by the purity rule")
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
         raise ConfigError(f"n_classes must be an integer of at least 2, got {n_classes!r}")
+    _check_alpha(alpha)
+
+
+def _check_alpha(alpha) -> None:
     if not (isinstance(alpha, (int, float, np.floating)) and 0 < alpha <= 1):
         raise ConfigError(f"alpha (the purity threshold) must be in (0, 1], got {alpha!r}")
 
@@ -132,7 +136,8 @@ def _purity_bound2(graph: "_Graph", alpha: float, sample_size: int, seed: int) -
     nearest = graph.nearest_other2(sample)
     level = (1.0 - alpha) + 3.0 * math.sqrt(alpha * (1.0 - alpha) / size) + 1.0 / size
     index = min(size - 1, int(math.ceil(level * size)))
-    return float(np.partition(nearest, index)[index])
+    bound = float(np.partition(nearest, index)[index])
+    return bound if math.isfinite(bound) else 0.0  # no bound (a sample in one cluster): keep no edges at first
 
 
 def _runs_of(labels: np.ndarray) -> list[tuple[int, int, int]]:
