@@ -255,7 +255,11 @@ def run_large(name: str, n: int, dim: int, classes: int) -> dict:
         seals.add_labelled(labelled)
         pool = seals.candidates()
         probcover(x, pool, labelled, BATCH, 0, n_classes=classes)
-    elif name in ("bald", "batchbald"):
+    elif name in ("bald", "batchbald", "batchbald-on-knn-candidates"):
+        if name == "batchbald-on-knn-candidates":
+            seals = KnnCandidates(x, np.arange(n))
+            seals.add_labelled(labelled)
+            candidates = seals.candidates()
         samples = laplace_samples(x[labelled], head.coef_.T, head.intercept_, C=head.C, n_samples=POSTERIOR_SAMPLES)
         proba = np.concatenate([samples.proba(x[candidates[lo:lo + 65536]]) for lo in range(0, len(candidates), 65536)])
         if name == "bald":
@@ -285,7 +289,8 @@ def large(args) -> None:
     print(f"\nEach of ours alone on N = {args.large_n:,} x {args.dim} (float32, {gib:.1f} GiB), "
           f"C = {args.large_classes}, {LABELLED} labelled, batch {BATCH}; one child process each; peak RSS "
           f"includes the pool and the labelled head (RSS before = after building them)")
-    names = [s for s in (args.only or STRATEGIES) if s != "probcover"] + ["probcover-on-knn-candidates"]
+    names = [s for s in (args.only or STRATEGIES) if s != "probcover"]
+    names += [f"{s}-on-knn-candidates" for s in ("probcover", "batchbald") if s in (args.only or STRATEGIES)]
     sizes = {name: args.large_n for name in names}
     if not args.only or "probcover" in args.only:
         sizes["probcover"] = args.probcover_n

@@ -43,6 +43,8 @@ JOINT_SAMPLES = 10_000
 #: cache through the product, the logarithm and the weighted sum (512 KiB of float32); 128 MiB on a GPU.
 _CPU_BLOCK_ELEMENTS = 1 << 17
 _GPU_BLOCK_ELEMENTS = 1 << 24
+#: Probabilities BALD scores at once (16 MiB of float32).
+_SCORE_BLOCK_ELEMENTS = 1 << 22
 #: Rows a lazy step evaluates first; each further round doubles.
 _FIRST_LAZY = 128
 
@@ -65,15 +67,28 @@ def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
     return -scipy.special.xlogy(p, p).sum(axis=axis)
 
 
+def _entropies(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H[mean_t p_t], mean_t H[p_t]) per row of `[n, T, C]` probabilities (float64), a block of rows at
+    a time (memory: the input and one block)."""
+    n, n_samples, n_classes = proba.shape
+    of_mean, conditional = np.empty(n), np.empty(n)
+    step = max(1, _SCORE_BLOCK_ELEMENTS // (n_samples * n_classes))
+    with one_thread():
+        for lo in range(0, n, step):
+            block = proba[lo:lo + step]
+            logs = log_(np.maximum(block, np.finfo(block.dtype).tiny))  # 0 log 0 = 0
+            flat = block.reshape(len(block), -1)
+            conditional[lo:lo + step] = -np.einsum("ij,ij->i", flat, logs.reshape(len(block), -1),
+                                                   dtype=np.float64) / n_samples
+            mean = np.einsum("ntc->nc", block).astype(np.float64) / n_samples  # einsum: 4x a short-axis sum
+            of_mean[lo:lo + step] = _entropy(mean)
+    return of_mean, conditional
+
+
 def bald_scores(proba_samples: np.ndarray) -> np.ndarray:
     """BALD's mutual information per row (nats, float64) of `[n, T, C]` posterior probabilities."""
-    proba = np.asarray(proba_samples)
-    n, n_samples, n_classes = proba.shape
-    with one_thread():
-        logs = log_(np.maximum(proba, np.finfo(proba.dtype).tiny))  # 0 log 0 = 0
-    conditional = -np.einsum("ij,ij->i", proba.reshape(n, -1), logs.reshape(n, -1), dtype=np.float64) / n_samples
-    mean = np.einsum("ntc->nc", proba).astype(np.float64) / n_samples  # einsum: sums over a short axis 4x faster
-    return _entropy(mean) - conditional
+    of_mean, conditional = _entropies(np.asarray(proba_samples))
+    return of_mean - conditional
 
 
 def bald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,15 +114,15 @@ def batchbald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: i
     rows = given.astype(np.int64)
     k = check_k(k, len(rows))
     joint_samples = check_positive_int(joint_samples, "joint_samples")
-    proba = check_proba_samples(proba_samples, len(rows)).astype(np.float64)
+    proba = check_proba_samples(proba_samples, len(rows))  # float32 stays float32: pieces are cast when evaluated
     n, n_samples, n_classes = proba.shape
     if joint_samples < n_samples:
         raise ConfigError(f"joint_samples ({joint_samples}) must be at least the number of posterior samples "
                           f"({n_samples}): each posterior sample draws joint_samples / samples configurations")
     resolved = device_of(device)
     configurations = _Configurations(n_samples, joint_samples, generator(seed, "batchbald"))
-    conditional = _entropy(proba).mean(axis=1)  # mean_t H[p_t(y_i)]
-    gain = _entropy(proba.mean(axis=1)) - conditional  # BALD: the first gain, an upper bound of the later ones
+    of_mean, conditional = _entropies(proba)
+    gain = of_mean - conditional  # BALD: the first gain, an upper bound of the later ones
     chosen: list[int] = []
     total = 0.0
     scores = np.empty(k, dtype=np.float64)
@@ -115,7 +130,7 @@ def batchbald(proba_samples: np.ndarray, candidates: np.ndarray, k: int, seed: i
         if step == 0:
             evaluated = np.arange(n)
         else:
-            configurations.add(proba[chosen[-1]])
+            configurations.add(proba[chosen[-1]].astype(np.float64))
             joint, weights = configurations.joint, configurations.weights
             base = _joint_entropy_alone(joint, weights)
             evaluated = _evaluate(proba, joint, weights, base, conditional, gain, lazy, resolved)
