@@ -52,6 +52,20 @@ def test_labelling_a_candidate_removes_it_and_repeats_change_nothing():
     assert np.array_equal(candidates.candidates(), after)
 
 
+def test_no_copy_of_the_pool():
+    import tracemalloc
+
+    x = np.random.default_rng(2).standard_normal((60_000, 64)).astype(np.float32)  # 15 MiB
+    tracemalloc.start()
+    try:
+        candidates = KnnCandidates(x, np.arange(60_000), n_neighbors=10, block_rows=4096)
+        candidates.add_labelled(np.arange(0, 60_000, 600))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.3 * x.nbytes and len(candidates.candidates()) > 0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"n_neighbors": 0}, "n_neighbors must be a positive integer"),
     ({"metric": "dot"}, "metric must be one of"),
