@@ -55,7 +55,7 @@ def test_labelling_a_candidate_removes_it_and_repeats_change_nothing():
 def test_no_copy_of_the_pool():
     import tracemalloc
 
-    x = np.random.default_rng(2).standard_normal((60_000, 64)).astype(np.float32)  # 15 MiB
+    x = np.random.default_rng(2).standard_normal((60_000, 256)).astype(np.float32)  # 61 MB
     tracemalloc.start()
     try:
         candidates = KnnCandidates(x, np.arange(60_000), n_neighbors=10, block_rows=4096)
