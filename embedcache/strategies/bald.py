@@ -13,7 +13,8 @@ information of the *joint* labels of the batch, I(y_1..y_n; w) = H(y_1..y_n) - Î
 so a second row that would say the same as the first adds little. The joint entropy is exact while
 the C^(n-1) label configurations of the rows picked so far number at most `joint_samples` (M);
 beyond that, M configurations are sampled (M/T from each posterior sample, as the authors'
-batchbald_redux does) and the entropy is an importance-weighted estimate.
+batchbald_redux does, but extended rather than redrawn as rows join the batch) and the entropy is an
+importance-weighted estimate.
 
 The batch's mutual information is submodular, so a row's gain can only shrink as the batch grows: each
 step evaluates the rows in order of their previous gain and stops once no unevaluated row's previous
