@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from embedcache.cli.executing import executor_options
 from embedcache.cli.options import (Bars, backbone_options, dataset_options, finetune_options, parse_key_values,
                                     progress_bar, step_bars)
 
@@ -100,11 +101,12 @@ def round_line(record: RoundRecord, n_rounds: int, run_name: str) -> str:
 @finetune_options
 @click.option("--jobs", default=1, show_default=True,
               help="Runs in parallel processes (per-round lines are shown only with 1).")
+@executor_options("this process, or --jobs worker processes.")
 @click.option("--quiet", is_flag=True, help="No per-round lines or progress bars.")
 def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, weights, init_seed, max_length,
        pooling, protocol_name, strategies, seeds, out, seed_size, seed_balanced, per_round, budget, pool_size,
        pool_split, eval_splits, eval_every, groups, worst_group, metrics, percentiles, C, standardize, solver, device,
-       recipe_options, micro_batch, eval_batch_size, workers, train_seed, amp, jobs, quiet):
+       recipe_options, micro_batch, eval_batch_size, workers, train_seed, amp, jobs, executor, address, quiet):
     """Run active learning: for each strategy and seed, train, evaluate and acquire round by round.
 
     Writes one JSONL record per (strategy, seed) under --out. Examples: the paper's Waterbirds
@@ -121,6 +123,7 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
           --strategy least-confidence --strategy random --seeds 1,11 --out runs/wb-ft/ --device cuda
     """
     from embedcache.errors import ConfigError
+    from embedcache.executors import create_executor
     from embedcache.experiments import FinetuneExperiment, LinearExperiment, parse_seeds, run_grid
     from embedcache.learners.distributed import is_main_process
     from embedcache.learners.finetune import FinetuneOptions
@@ -134,6 +137,9 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
         groups=tuple(groups) or None, worst_group=worst_group, metrics=tuple(metrics) or None,
         percentiles=_percentiles(percentiles))
     quiet = quiet or not is_main_process()
+    if address is not None and executor != "ray":
+        raise ConfigError("--address names a Ray cluster: use it with --executor ray")
+    runner = create_executor("ray", address=address, jobs=jobs) if executor == "ray" else None
     linear = LinearConfig(C=C, standardize=standardize, solver=solver, device=device or "cpu")
     if (mode, score_with) == ("linear", "linear"):
         if cache is None:
@@ -148,7 +154,8 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
         experiment = FinetuneExperiment(
             dataset_name, root, backbone, parse_key_values(dataset_options, "--option"), weights, init_seed,
             max_length, pooling, parse_key_values(recipe_options, "--recipe"), options, evaluate_with=mode,
-            score_with=score_with, cache=cache, linear=linear, progress=step_bars(not quiet and jobs == 1))
+            score_with=score_with, cache=cache, linear=linear, progress=step_bars(
+                not quiet and jobs == 1 and runner is None))
     seed_list = parse_seeds(seeds)
     total = len(strategies) * len(seed_list)
     round_bars = Bars(leave=False)
@@ -159,8 +166,8 @@ def al(mode, score_with, cache, dataset_name, root, dataset_options, backbone, w
             round_bars.write(round_line(record, n_rounds, name))
         round_bars.update(name, record.round + 1, n_rounds, "round")
 
-    with progress_bar("runs", "run", enabled=not quiet and jobs > 1) as runs_bar:
-        runs = run_grid(experiment, protocol, strategies, seed_list, out, jobs=jobs,
+    with progress_bar("runs", "run", enabled=not quiet and (jobs > 1 or runner is not None)) as runs_bar:
+        runs = run_grid(experiment, protocol, strategies, seed_list, out, jobs=jobs, executor=runner,
                         on_round=None if quiet else on_round, on_run=lambda run, done, n: runs_bar(done, n))
     if is_main_process():
         click.echo(f"{len(runs)} of {total} runs complete in {out}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from embedcache.cli.executing import executor_options
 from embedcache.cli.options import backbone_options, dataset_options, parse_key_values, parse_shard, progress_bar
 
 
@@ -29,6 +30,9 @@ from embedcache.cli.options import backbone_options, dataset_options, parse_key_
 @click.option("--shard", default=None, metavar="I/N",
               help="Extract only the I-th of N contiguous slices (0-based), e.g. one SLURM array task; "
                    "join the shards with `embedcache merge`.")
+@click.option("--shards", type=int, default=None, metavar="N",
+              help="With --executor ray: extract N slices as tasks on the cluster, then merge them into --out.")
+@executor_options("this process, or one --shard.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted extraction into --out (its rows are in --out.partial until it is "
                    "complete); a complete --out of the same recipe and dataset is left as it is.")
@@ -39,7 +43,8 @@ from embedcache.cli.options import backbone_options, dataset_options, parse_key_
                    "recorded in the cache (see `embedcache info`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, max_length, pooling, resolution, out,
-            batch_size, workers, device, amp, dtype, channels_last, shard, resume, overwrite, skip_bad, quiet):
+            batch_size, workers, device, amp, dtype, channels_last, shard, shards, executor, address, resume, overwrite,
+            skip_bad, quiet):
     """Extract backbone embeddings of a dataset into an HDF5 cache.
 
     Rows follow the dataset's order and go to --out.partial, which becomes --out once complete; a
@@ -56,6 +61,10 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
     options = ExtractOptions(batch_size=batch_size, num_workers=workers, device=device, amp=amp, dtype=dtype,
                              channels_last=channels_last, shard=parse_shard(shard), resume=resume,
                              overwrite=overwrite, skip_bad=skip_bad)
+    if shards is not None or executor == "ray" or address is not None:
+        _extract_sharded(dataset_name, root, parse_key_values(dataset_options, "--option"), backbone, weights, init_seed,
+                         resolution, max_length, pooling, options, out, shards, executor, address, quiet)
+        return
     data = create_dataset(dataset_name, root, **parse_key_values(dataset_options, "--option"))
     model = create_backbone(backbone, weights=weights, seed=init_seed, resolution=resolution, max_length=max_length,
                             pooling=pooling)
@@ -70,6 +79,27 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
     click.echo(f"wrote {result.path}: {result.rows} rows x {model.num_features} ({dtype}) in "
                f"{result.seconds:.1f} s, {rate:.1f} {unit}/s"
                + (f", resumed at row {result.resumed_from}" if result.resumed_from else ""))
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} bad example(s), e.g. {result.skipped[0][1]}", err=True)
+
+
+def _extract_sharded(dataset_name, root, dataset_options, backbone, weights, init_seed, resolution, max_length, pooling,
+                     options, out, shards, executor, address, quiet):
+    from embedcache.errors import ConfigError
+    from embedcache.executors import create_executor
+    from embedcache.sharded_extract import ExtractionSpec, extract_sharded
+
+    if executor != "ray" or shards is None:
+        raise ConfigError("--shards N with --executor ray sends N slices of the extraction to a Ray cluster; give both "
+                          "(on one machine, --shard I/N extracts one slice)")
+    spec = ExtractionSpec(dataset_name, root.resolve(), backbone, dataset_options, weights, init_seed, resolution,
+                          max_length, pooling, options)
+    with progress_bar(f"extract {out.name}", "shard", enabled=not quiet) as progress:
+        result = extract_sharded(spec, out, shards, create_executor("ray", address=address), progress)
+    if result.already_complete:
+        click.echo(f"{result.path} is already complete ({result.rows} rows): nothing to do")
+        return
+    click.echo(f"wrote {result.path}: {result.rows} rows from {shards} shards in {result.seconds:.1f} s")
     if result.skipped:
         click.echo(f"skipped {len(result.skipped)} bad example(s), e.g. {result.skipped[0][1]}", err=True)
 

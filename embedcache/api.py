@@ -78,12 +78,13 @@ def run(features: Any, strategies: str | Sequence[str], seeds: int | str | Itera
 
 
 def read_runs(*paths: PathLike | Iterable[PathLike]) -> list["Run"]:
-    """The run records in these files and folders (each a path or a list of paths), sorted by folder
-    and name: `run.header` (`records.RunHeader`), `run.rounds` (`records.RoundRecord`), and
-    `run.curve(split, metric)` for plotting."""
+    """The run records in these files and folders (each a path or a list of paths; a sweep root
+    stands for its cells' folders), sorted by folder and name: `run.header` (`records.RunHeader`),
+    `run.rounds` (`records.RoundRecord`), and `run.curve(split, metric)` for plotting."""
     from embedcache.records import read_runs as read
+    from embedcache.sweep_index import expand
 
-    return read([p for item in paths for p in ([item] if isinstance(item, (str, Path)) else item)])
+    return read(expand([p for item in paths for p in ([item] if isinstance(item, (str, Path)) else item)]))
 
 
 def report(runs: "Sequence[Run] | PathLike | Iterable[PathLike]", out: PathLike, **options: Any) -> dict:
