@@ -34,7 +34,7 @@ class ExtractionSpec:
     resolution: int | None = None
     max_length: int | None = None
     pooling: str | None = None
-    options: ExtractOptions = ExtractOptions()
+    options: ExtractOptions = dataclasses.field(default_factory=ExtractOptions)
 
     def open(self):
         """(dataset adapter, backbone), made in the calling process."""

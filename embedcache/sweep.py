@@ -195,14 +195,13 @@ def load_plan(path: str | Path) -> SweepPlan:
     preset = protocol_table.pop("preset", "custom")
     if preset not in PROTOCOLS:
         raise where.error("[protocol] preset", f"unknown preset {preset!r}; known: {', '.join(PROTOCOLS.names())}")
-    vary = where.table(data.get("vary", {}), {**PROTOCOL_FIELDS, **{k: LINEAR_FIELDS[k] for k in VARY_LINEAR}},
-                       "vary")
+    vary = where.table(data.get("vary", {}), {k: (list,) for k in [*PROTOCOL_FIELDS, *VARY_LINEAR]}, "vary")
     linear_table = where.table(data.get("linear", {}), LINEAR_FIELDS, "linear")
     for key, values in vary.items():
         if key in protocol_table or key in linear_table:
             raise where.error(f"[vary] {key}", f"also set in [{'protocol' if key in protocol_table else 'linear'}]; "
                                                "give it in one place")
-        if not isinstance(values, list) or not values:
+        if not values:
             raise where.error(f"[vary] {key}", "expected a non-empty list of values, one cell each")
         kinds = vary_kinds(key)
         for i, value in enumerate(values):
