@@ -62,8 +62,8 @@ def extract(dataset_name, root, dataset_options, backbone, weights, init_seed, m
                              channels_last=channels_last, shard=parse_shard(shard), resume=resume,
                              overwrite=overwrite, skip_bad=skip_bad)
     if shards is not None or executor == "ray" or address is not None:
-        _extract_sharded(dataset_name, root, parse_key_values(dataset_options, "--option"), backbone, weights, init_seed,
-                         resolution, max_length, pooling, options, out, shards, executor, address, quiet)
+        _extract_sharded(dataset_name, root, parse_key_values(dataset_options, "--option"), backbone, weights,
+                         init_seed, resolution, max_length, pooling, options, out, shards, executor, address, quiet)
         return
     data = create_dataset(dataset_name, root, **parse_key_values(dataset_options, "--option"))
     model = create_backbone(backbone, weights=weights, seed=init_seed, resolution=resolution, max_length=max_length,

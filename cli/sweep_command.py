@@ -40,15 +40,10 @@ def sweep(plan_file, dry_run, executor, address, jobs, quiet):
       embedcache sweep fig9.toml --executor ray --address 10.0.0.1:6379
       embedcache report runs/fig9/ --out reports/fig9/
     """
-    from embedcache.executors import create_executor
-    from embedcache.sweep import check_sweep, load_plan, run_sweep
+    from embedcache.sweep import check_sweep, load_plan, plan_executor, run_sweep
 
     plan = load_plan(plan_file)
-    kind = executor or plan.executor.kind
-    if address is None and kind == plan.executor.kind:
-        address = plan.executor.address
-    jobs = jobs if jobs is not None else (plan.executor.jobs if kind == "local" else 1)
-    runner = None if dry_run else create_executor(kind, address=address, jobs=jobs)
+    runner = None if dry_run else plan_executor(plan, executor, address, jobs)
     checked = check_sweep(plan)
     total = sum(len(c.runs) for c in checked)
     finished = sum(run.complete for c in checked for run in c.runs)

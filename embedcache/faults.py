@@ -34,7 +34,8 @@ def crash_point(name: str) -> None:
 
 
 def _first_crash() -> bool:
-    """True unless `EMBEDCACHE_CRASH_ONCE` names a file that exists already (else it is created, naming this process)."""
+    """True unless `EMBEDCACHE_CRASH_ONCE` names a file that exists already (else it is created, naming
+    this process)."""
     marker = os.environ.get(ONCE_ENV)
     if not marker:
         return True

@@ -68,7 +68,8 @@ def extract_sharded(spec: ExtractionSpec, out: str | Path, count: int, executor:
     if count < 2:
         raise ConfigError(f"--shards {count}: give 2 or more (one extraction is `extract` without --shards)")
     if spec.options.shard != (0, 1):
-        raise ConfigError("--shard I/N extracts one slice here; --shards N sends all N slices to the executor: give one")
+        raise ConfigError("--shard I/N extracts one slice here; --shards N sends all N slices to the executor: give "
+                          "one")
     if spec.options.resume and spec.options.overwrite:
         raise ConfigError("--resume continues --out and --overwrite starts it again: pass one of them")
     data, model = spec.open()

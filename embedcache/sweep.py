@@ -49,13 +49,13 @@ import inspect
 import itertools
 import os
 import re
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from embedcache.acquisition import STRATEGIES
 from embedcache.errors import ConfigError, EmbedcacheError
-from embedcache.executors import EXECUTORS, Executor, RunSpec, run_units, work_units
+from embedcache.executors import EXECUTORS, Executor, RunSpec, create_executor, run_units, work_units
 from embedcache.experiments import FinetuneExperiment, LinearExperiment, Session, parse_seeds, plan_runs
 from embedcache.learners.finetune import FinetuneOptions
 from embedcache.learners.linear import LinearConfig
@@ -63,6 +63,11 @@ from embedcache.loop import PlannedRun
 from embedcache.protocols import PROTOCOLS, Protocol, get_protocol
 from embedcache.records import RecordLock, Run
 from embedcache.sweep_index import INDEX, Cell, SweepIndex, read_index, value_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, from PyPI
+    import tomli as tomllib
 
 #: Protocol fields a plan may set or vary, with the TOML types each takes.
 PROTOCOL_FIELDS: dict[str, tuple[type, ...]] = {
@@ -286,7 +291,8 @@ def _seeds(value: Any, where: _Where) -> list[int]:
             raise where.error("seeds", str(e).replace("--seeds ", "")) from None
     values = [value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise where.error("seeds", f"expected a text such as \"0-15\" or a list of non-negative integers, got {value!r}")
+        raise where.error("seeds", f"expected a text such as \"0-15\" or a list of non-negative integers, got "
+                                   f"{value!r}")
     return sorted(dict.fromkeys(values))
 
 
@@ -397,6 +403,19 @@ def _executor(table: dict, where: _Where) -> ExecutorChoice:
     if jobs < 1:
         raise where.error("[executor] jobs", "must be at least 1")
     return ExecutorChoice(kind, jobs, table.get("address"))
+
+
+def plan_executor(plan: SweepPlan, kind: str | None = None, address: str | None = None,
+                  jobs: int | None = None) -> Executor:
+    """The executor of the plan's [executor] table, with `kind`, `address` and `jobs` (the command
+    line's) taking its place where given."""
+    chosen = plan.executor
+    kind = kind or chosen.kind
+    if address is None and kind == chosen.kind:
+        address = chosen.address
+    if jobs is None:
+        jobs = chosen.jobs if kind == "local" else 1
+    return create_executor(kind, address=address, jobs=jobs)
 
 
 # ------------------------------------------------------------------------------------------ checking, running

@@ -155,6 +155,7 @@ def test_al_grid_and_sharded_extraction_on_the_cluster_match_local_ones(cluster,
         assert got.complete and got.fingerprint == want.fingerprint
         assert got.metadata().ids.tolist() == want.metadata().ids.tolist()
         # Ray runs a task on one thread, so the convolutions may sum in another order: equal up to float16 rounding
-        np.testing.assert_allclose(got.embeddings(dtype=np.float32), want.embeddings(dtype=np.float32), rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(got.embeddings(dtype=np.float32), want.embeddings(dtype=np.float32), rtol=1e-2,
+                                   atol=1e-3)
     again = _invoke(*extract, "--executor", "ray", "--address", cluster, "--shards", "2", "--out", tmp_path / "ray.h5")
     assert again.exit_code == 1 and "already exists with this recipe and dataset" in again.output

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from helpers import recipe
 from runs_helpers import stable
 
+import embedcache
 from embedcache.cache import EmbeddingCache
 from embedcache.cli import main
 from embedcache.datasets.synthetic import ambiguity_embeddings, write_image_manifest
 from embedcache.errors import ConfigError
-from embedcache.executors import InProcess, LocalProcesses, RunSpec, create_executor, work_units
+from embedcache.executors import InProcess, RunSpec, create_executor, work_units
 from embedcache.experiments import LinearExperiment
 from embedcache.protocols import get_protocol
 from embedcache.records import read_run, read_runs
@@ -189,8 +190,10 @@ def test_a_root_is_new_empty_or_the_sweeps_own_and_cells_with_records_are_never_
 
 
 def test_local_worker_processes_write_the_records_of_one_process(study, tmp_path):
-    plan = load_plan(_plan(tmp_path, PLAN.replace('"caches/wb-*.h5"', f'"{study}/caches/wb-0.95.h5"')))
-    run_sweep(plan, LocalProcesses(2))
+    path = _plan(tmp_path, PLAN.replace('"caches/wb-*.h5"', f'"{study}/caches/wb-0.95.h5"'))
+    runs = embedcache.run_sweep(path, jobs=2)  # the notebook API: the plan's local executor, 2 processes
+    assert len(runs) == 8 and all(run.complete for run in runs)
+    plan = load_plan(path)
     inline = load_plan(_plan(tmp_path, PLAN.replace('"caches/wb-*.h5"', f'"{study}/caches/wb-0.95.h5"')
                              .replace('out = "runs"', 'out = "inline"'), "inline.toml"))
     run_sweep(inline, InProcess())

@@ -3,7 +3,8 @@
 `write_report(runs, out_dir)` writes:
 
 * `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy, and
-  the values a sweep varied, `curves.sweep_variants`; Student t intervals by default, Gaussian ones as in the paper with `interval="gaussian"`),
+  the values a sweep varied, `curves.sweep_variants`; Student t intervals by default, Gaussian
+  ones as in the paper with `interval="gaussian"`),
   labels-to-reach and final gain against the baseline strategy, the most upsampled groups,
   links to every figure and table;
 * `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
