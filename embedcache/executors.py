@@ -76,14 +76,17 @@ class Executor(abc.ABC):
 
 
 class InProcess(Executor):
-    """Each task in this process, one after another."""
+    """Each task in this process, one after another; what they opened is closed at the end."""
 
     def slots(self) -> int:
         return 1
 
     def run(self, tasks, on_result):
-        for task in tasks:
-            on_result(task, task.function(*task.args))
+        try:
+            for task in tasks:
+                on_result(task, task.function(*task.args))
+        finally:
+            close_opened()
 
 
 class LocalProcesses(Executor):
@@ -277,11 +280,17 @@ def run_units(executor: Executor, units: Sequence[WorkUnit], done: Callable[[Run
 _opened: dict[str, Any] = {}
 
 
+def close_opened() -> None:
+    """Close the session `run_unit` keeps open, freeing its features."""
+    _opened.pop("experiment", None)
+    if "session" in _opened:
+        _opened.pop("session").close()
+
+
 def run_unit(unit: WorkUnit) -> list[str]:
     """Run (resume, or skip when finished) each run of the unit in this process; their record paths."""
     if _opened.get("experiment") != unit.experiment:
-        if "session" in _opened:
-            _opened.pop("session").close()
+        close_opened()
         _opened["session"] = unit.experiment.open()
         _opened["experiment"] = unit.experiment
     session = _opened["session"]
