@@ -30,8 +30,9 @@ from embedcache.cli.demo_command import demo  # noqa: E402
 from embedcache.cli.import_command import import_  # noqa: E402
 from embedcache.cli.label_command import label  # noqa: E402
 from embedcache.cli.neighbors_commands import neighbors  # noqa: E402
+from embedcache.cli.sweep_command import sweep  # noqa: E402
 from embedcache.cli.workflow_commands import WORKFLOW_COMMANDS  # noqa: E402
 
-for command in (demo, extract, import_, merge, info, datasets, al, repair, report, separability, tsne, neighbors,
+for command in (demo, extract, import_, merge, info, datasets, al, repair, sweep, report, separability, tsne, neighbors,
                 *WORKFLOW_COMMANDS, label):
     main.add_command(command)

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 import click
 
 from embedcache.cli.command import Command, UsageLine, deprecated_arguments, require
-from embedcache.cli.conventions import (AMP, DEVICE, GROUP, JOBS, METRIC, OUT, PROTOCOL, QUIET, RUNS, SEEDS, STRATEGY,
-                                        WORKERS, C)
+from embedcache.cli.conventions import (ADDRESS, AMP, DEVICE, EXECUTOR, GROUP, JOBS, METRIC, OUT, PROTOCOL, QUIET, RUNS,
+                                        SEEDS, STRATEGY, WORKERS, C)
 from embedcache.cli.options import (BackboneArgs, Bars, DatasetArgs, backbone_options, dataset_options, grouped,
                                     parse_key_values, progress_bar, step_bars)
 
 if TYPE_CHECKING:
+    from embedcache.executors import Executor
     from embedcache.learners.finetune import FinetuneOptions
     from embedcache.learners.linear import LinearConfig
 
@@ -141,6 +142,35 @@ learner_options = grouped(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Runner:
+    """Where the runs go: `jobs` local worker processes, or `executor` (a Ray cluster)."""
+
+    jobs: int
+    executor: Executor | None
+
+    @property
+    def parallel(self) -> bool:
+        return self.jobs > 1 or self.executor is not None
+
+
+def _runner(jobs: int, executor: str | None, address: str | None) -> Runner:
+    from embedcache.executors import create_executor
+
+    if executor == "ray":
+        return Runner(1, create_executor("ray", address=address, jobs=jobs))
+    create_executor("local", address=address, jobs=jobs)  # refuses --address without ray
+    return Runner(jobs, None)
+
+
+runner_options = grouped(
+    "runner", _runner,
+    JOBS("per-round lines are shown only with 1.", default=1, show_default=True),
+    EXECUTOR("this process, or --jobs worker processes.", default="local", show_default=True),
+    ADDRESS(),
+)
+
+
 @click.command(cls=Command)
 @click.option("--mode", type=click.Choice(["linear", "finetune"]), default="linear", show_default=True,
               help="linear: a logistic-regression head on cached embeddings (fast). finetune: the paper's protocol, "
@@ -159,9 +189,9 @@ learner_options = grouped(
      "interrupted ones resumed.", required=True)
 @protocol_options
 @learner_options
-@JOBS("per-round lines are shown only with 1.", default=1, show_default=True)
+@runner_options
 @QUIET("No per-round lines either.")
-def al(mode, score_with, cache, data, model, strategies, seeds, out, protocol, learners, jobs, quiet):
+def al(mode, score_with, cache, data, model, strategies, seeds, out, protocol, learners, runner, quiet):
     """Run active learning: for each strategy and seed, train, evaluate and acquire round by round.
 
     Writes one JSONL record per (strategy, seed) under --out. Examples: the paper's Waterbirds
@@ -182,7 +212,7 @@ def al(mode, score_with, cache, data, model, strategies, seeds, out, protocol, l
 
     quiet = quiet or not is_main_process()
     experiment = _experiment(mode, score_with or mode, cache, data, model, learners,
-                             progress=step_bars(not quiet and jobs == 1))
+                             progress=step_bars(not quiet and not runner.parallel))
     round_bars = Bars(leave=False)
 
     def on_round(strategy, seed, record, n_rounds):
@@ -191,8 +221,8 @@ def al(mode, score_with, cache, data, model, strategies, seeds, out, protocol, l
             round_bars.write(round_line(record, n_rounds, name))
         round_bars.update(name, record.round + 1, n_rounds, "round")
 
-    with progress_bar("runs", "run", enabled=not quiet and jobs > 1) as runs_bar:
-        runs = run_grid(experiment, protocol, strategies, seeds, out, jobs=jobs,
+    with progress_bar("runs", "run", enabled=not quiet and runner.parallel) as runs_bar:
+        runs = run_grid(experiment, protocol, strategies, seeds, out, jobs=runner.jobs, executor=runner.executor,
                         on_round=None if quiet else on_round, on_run=lambda run, done, n: runs_bar(done, n))
     if is_main_process():
         click.echo(f"{len(runs)} of {len(strategies) * len(seeds)} runs complete in {out}")

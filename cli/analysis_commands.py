@@ -35,18 +35,22 @@ def report(runs, out, split, baseline, metric, groups, allow_mixed, max_panels, 
     """Summarise AL runs: learning curves with 95 % CIs, labels-to-reach and final gain against a
     baseline strategy, and which groups each strategy upsampled.
 
+    --runs are run-record files or folders of them, or sweep roots (`embedcache sweep`): runs of several
+    backbones give separate curves, and so do runs of a sweep's cells that differ in what it varied.
+
     Writes summary.md, summary.json (identical for the same runs), CSV tables and PNG figures:
 
       embedcache report --runs runs/wb-bitm/ --runs runs/wb-random/ --out reports/wb/
     """
     from embedcache.analysis.report import ReportConfig, report_folder, write_report
     from embedcache.records import read_runs
+    from embedcache.sweep_index import expand
 
     require(click.get_current_context(), "runs")
     config = ReportConfig(split=split, baseline=baseline, metric=metric, groups=tuple(groups),
                           allow_mixed=allow_mixed, max_panels=max_panels, top=top, interval=interval)
     folder = report_folder(out, overwrite)
-    loaded = read_runs(runs)
+    loaded = read_runs(expand(runs))
     try:
         with progress_bar("figures", "fig", enabled=not quiet) as bar:
             summary = write_report(loaded, folder, config, progress=bar)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from embedcache.cli.command import Command
-from embedcache.cli.conventions import AMP, DEVICE, DTYPE, OUT, OVERWRITE, QUIET, WORKERS, renamed
+from embedcache.cli.command import Command, UsageLine
+from embedcache.cli.conventions import (ADDRESS, AMP, DEVICE, DTYPE, EXECUTOR, OUT, OVERWRITE, QUIET, WORKERS,
+                                        renamed)
 from embedcache.cli.options import backbone_options, dataset_options, grouped, parse_shard, progress_bar
 
 
@@ -49,9 +50,13 @@ extract_options = grouped(
               help="Image side the model sees (resize and crop scale with it); default: the model's own.")
 @OUT("A cache file (.h5).", required=True)
 @extract_options
+@click.option("--shards", type=click.IntRange(min=2), default=None, metavar="N",
+              help="With --executor ray: extract N slices as tasks on the cluster, then merge them into --out.")
+@EXECUTOR("this process (or one --shard).")
+@ADDRESS()
 @renamed("extract", "--seed", "init_seed", type=int)
 @QUIET()
-def extract(data, model, resolution, out, options, quiet):
+def extract(data, model, resolution, out, options, shards, executor, address, quiet):
     """Extract backbone embeddings of a dataset into an HDF5 cache.
 
     Rows follow the dataset's order and go to --out.partial, which becomes --out once complete; a
@@ -63,6 +68,9 @@ def extract(data, model, resolution, out, options, quiet):
     """
     from embedcache.extract import extract as run_extract
 
+    if shards is not None or executor == "ray" or address is not None:
+        _extract_sharded(data, model, resolution, options, out, shards, executor, address, quiet)
+        return
     dataset = data.create()
     backbone = model.create(resolution=resolution)
     unit = "img" if backbone.modality == "image" else "text"
@@ -76,6 +84,25 @@ def extract(data, model, resolution, out, options, quiet):
     click.echo(f"wrote {result.path}: {result.rows} rows x {backbone.num_features} ({options.dtype}) in "
                f"{result.seconds:.1f} s, {rate:.1f} {unit}/s"
                + (f", resumed at row {result.resumed_from}" if result.resumed_from else ""))
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} bad example(s), e.g. {result.skipped[0][1]}", err=True)
+
+
+def _extract_sharded(data, model, resolution, options, out, shards, executor, address, quiet):
+    from embedcache.executors import create_executor
+    from embedcache.sharded_extract import ExtractionSpec, extract_sharded
+
+    if executor != "ray" or shards is None:
+        raise UsageLine("--shards N with --executor ray sends N slices of the extraction to a Ray cluster; give both "
+                        "(on one machine, --shard I/N extracts one slice)")
+    spec = ExtractionSpec(data.name, data.root.resolve(), model.spec, data.options, model.weights, model.init_seed,
+                          resolution, model.max_length, model.pooling, options)
+    with progress_bar(f"extract {out.name}", "shard", enabled=not quiet) as progress:
+        result = extract_sharded(spec, out, shards, create_executor("ray", address=address), progress)
+    if result.already_complete:
+        click.echo(f"{result.path} is already complete ({result.rows} rows): nothing to do")
+        return
+    click.echo(f"wrote {result.path}: {result.rows} rows from {shards} shards in {result.seconds:.1f} s")
     if result.skipped:
         click.echo(f"skipped {len(result.skipped)} bad example(s), e.g. {result.skipped[0][1]}", err=True)
 

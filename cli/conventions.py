@@ -205,10 +205,17 @@ OVERWRITE = Shared(
 QUIET = Shared(
     "Quiet", ("--quiet",), "No progress bars.", ("extract", "import", "al", "report", "separability", "neighbors",
                                                  "datasets build-waterbirds", "datasets build-treeperson", "suggest",
-                                                 "predict", "export-label-studio"),
+                                                 "predict", "export-label-studio", "sweep"),
     None, {"is_flag": True})
 JOBS = Shared(
-    "Parallel runs", ("--jobs",), "AL runs in parallel processes", ("al", "demo"), click.IntRange(min=1))
+    "Parallel runs", ("--jobs",), "AL runs in parallel processes", ("al", "demo", "sweep"), click.IntRange(min=1))
+EXECUTOR = Shared(
+    "Where work runs", ("--executor",), "local: on this machine; ray: tasks on a Ray cluster (pip install "
+    "'embedcache[ray]') whose machines see the same paths", ("al", "extract", "sweep"), click.Choice(["local", "ray"]))
+ADDRESS = Shared(
+    "Ray cluster", ("--address",), "With --executor ray: the cluster's head (as `ray start --head` prints it), or "
+    "auto; default: $RAY_ADDRESS, else a Ray instance started for this command alone.", ("al", "extract", "sweep"),
+    click.STRING, {"metavar": "HOST:PORT"})
 STRATEGY = Shared(
     "Strategy", ("--strategy",), "An acquisition strategy: random, least-confidence, entropy, margin (a misspelt "
     "name exits at once, listing every registered one).", ("al", "tsne", "suggest", "export-label-studio", "label"),
@@ -291,6 +298,7 @@ OPEN = Shared(
     ("label", "demo"), None, {"is_flag": True})
 
 SHARED: tuple[Shared, ...] = (RUNS, SEEDS, INIT_SEED, SEED, METRIC, DISTANCE, DEVICE, AMP, OUT, OVERWRITE, QUIET, JOBS,
+                              EXECUTOR, ADDRESS,
                               STRATEGY, PROTOCOL, DATASET, ROOT, DATASET_OPTION, BACKBONE, WEIGHTS, MAX_LENGTH,
                               POOLING, WORKERS, DTYPE, GROUP, SPLIT, C, K, LABELS, ID_FIELD, CLASSES,
                               IGNORE_CACHE_LABELS, ROUND_SIZE, MEDIA, HOST, PORT, OPEN)

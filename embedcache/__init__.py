@@ -4,6 +4,7 @@ The notebook API (see `embedcache.api` and the README's worked example):
 
 * `open_cache(path)`: a complete cache, open for reading;
 * `run(cache, strategies, seeds, out, protocol=..., **overrides)`: an AL grid, one record per run;
+* `run_sweep(plan)`: every cell of a sweep plan file, as `embedcache sweep`;
 * `read_runs(*paths)`: run records, typed (`embedcache.records`);
 * `report(runs, out, **options)`: `embedcache report`'s files; returns the summary;
 * `fit_head(cache, ids)` and `score_topk(X, W, b, strategy, k, ...)`: rank a pool under a linear head.
@@ -16,8 +17,9 @@ import importlib
 __version__ = "0.1.0"
 
 #: Public name → the module that defines it.
-_API = {"open_cache": "embedcache.api", "run": "embedcache.api", "read_runs": "embedcache.api",
-        "report": "embedcache.api", "fit_head": "embedcache.api", "score_topk": "embedcache.kernels"}
+_API = {"open_cache": "embedcache.api", "run": "embedcache.api", "run_sweep": "embedcache.api",
+        "read_runs": "embedcache.api", "report": "embedcache.api", "fit_head": "embedcache.api",
+        "score_topk": "embedcache.kernels"}
 __all__ = ["__version__", *_API]
 
 

@@ -77,13 +77,24 @@ def run(features: Any, strategies: str | Sequence[str], seeds: int | str | Itera
     return run_grid(features, preset.replace(**overrides), names, seed_list, out, jobs=jobs)
 
 
-def read_runs(*paths: PathLike | Iterable[PathLike]) -> list["Run"]:
-    """The run records in these files and folders (each a path or a list of paths), sorted by folder
-    and name: `run.header` (`records.RunHeader`), `run.rounds` (`records.RoundRecord`), and
-    `run.curve(split, metric)` for plotting."""
-    from embedcache.records import read_runs as read
+def run_sweep(plan: PathLike, *, executor: str | None = None, address: str | None = None,
+              jobs: int | None = None) -> list["Run"]:
+    """Run every unfinished run of a sweep plan file and return all its records, as `embedcache
+    sweep` does; `executor` ("local" or "ray"), `address` and `jobs` override the plan's [executor]."""
+    from embedcache.sweep import load_plan, plan_executor, run_sweep as run_plan
 
-    return read([p for item in paths for p in ([item] if isinstance(item, (str, Path)) else item)])
+    loaded = load_plan(plan)
+    return run_plan(loaded, plan_executor(loaded, executor, address, jobs))
+
+
+def read_runs(*paths: PathLike | Iterable[PathLike]) -> list["Run"]:
+    """The run records in these files and folders (each a path or a list of paths; a sweep root
+    stands for its cells' folders), sorted by folder and name: `run.header` (`records.RunHeader`),
+    `run.rounds` (`records.RoundRecord`), and `run.curve(split, metric)` for plotting."""
+    from embedcache.records import read_runs as read
+    from embedcache.sweep_index import expand
+
+    return read(expand([p for item in paths for p in ([item] if isinstance(item, (str, Path)) else item)]))
 
 
 def report(runs: "Sequence[Run] | PathLike | Iterable[PathLike]", out: PathLike, **options: Any) -> dict:

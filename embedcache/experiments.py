@@ -9,16 +9,8 @@ evaluating with a linear head on a cache instead, the hybrid modes).
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import dataclasses
 import functools
-import multiprocessing
-import os
-import signal
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -26,16 +18,17 @@ import numpy as np
 
 from embedcache.cache import EmbeddingCache
 from embedcache.errors import CacheError, ConfigError
+from embedcache.executors import Executor, LocalProcesses, RunSpec, run_units, work_units
 from embedcache.faults import crash_point
 from embedcache.learners import distributed
 from embedcache.learners.base import Learner, RankerCapabilities
 from embedcache.learners.finetune import FinetuneOptions, Progress
 from embedcache.learners.linear import LinearConfig, LinearLearner
-from embedcache.loop import NonfiniteRows, Plan, execute, plan_run, run_al
+from embedcache.loop import NonfiniteRows, Plan, PlannedRun, execute, plan_run
 from embedcache.metadata import Metadata
 from embedcache.protocols import Protocol
 from embedcache.recipe import recipe_label
-from embedcache.records import RecordLock, RoundRecord, Run, Source, read_run
+from embedcache.records import RecordLock, RoundRecord, Run, Source
 from embedcache.strategies import create_strategy
 
 #: on_round(strategy, seed, record, n_rounds): after each round (single-process runs only).
@@ -223,22 +216,34 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(dict.fromkeys(seeds))
 
 
+def plan_runs(session: Session, protocol: Protocol, strategies: Sequence[str], seeds: Sequence[int],
+              out_dir: str | Path) -> list[PlannedRun]:
+    """Every (strategy, seed) run checked against the session's data and its record on disk; writes nothing."""
+    plan = Plan.make(protocol, session.metadata, session.nonfinite_rows)
+    return [plan_run(plan, session.learner_description, strategy, seed, out_dir, session.source, session.ranker)
+            for strategy in strategies for seed in seeds]
+
+
 def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: Sequence[int], out_dir: str | Path,
-             *, jobs: int = 1, on_round: OnRound | None = None, on_run: OnRun | None = None) -> list[Run]:
-    """Run every (strategy, seed); with jobs > 1 in that many worker processes (per-round callbacks
-    are then not available, `on_run` still is). Finished records are read back, not rerun.
+             *, jobs: int = 1, executor: Executor | None = None, on_round: OnRound | None = None,
+             on_run: OnRun | None = None) -> list[Run]:
+    """Run every (strategy, seed); with jobs > 1 in that many worker processes, or on `executor`
+    (e.g. a Ray cluster; `executors`), where per-round callbacks are not available (`on_run`
+    still is). Finished records are read back, not rerun.
 
     Every run is checked first (options, protocol against the data, features, strategies, records
     of another configuration, records another process writes, a folder that cannot be written),
     so a bad grid fails before its first byte is written; a record's header is written when its
-    run starts. With jobs > 1 this process never loads the features: the workers do, and they end
-    with it, however it ends.
+    run starts. With workers this process never loads the features: the workers do (local ones end
+    with it, however it ends).
     """
     if jobs < 1:
         raise ConfigError("must be at least 1", param="jobs")
-    if jobs > 1 and distributed.world_size() > 1:
-        raise ConfigError("more than 1 cannot be combined with torchrun: the processes already share one run",
-                          param="jobs")
+    if executor is not None and jobs > 1:
+        raise ConfigError("sets local worker processes: give it or an executor, not both", param="jobs")
+    if (jobs > 1 or executor is not None) and distributed.world_size() > 1:
+        raise ConfigError("more than 1 (or an executor) cannot be combined with torchrun: the processes already share "
+                          "one run", param="jobs")
     if not strategies or not seeds:
         raise ConfigError("no runs to make: `strategies` and `seeds` must each name at least one")
     for strategy in strategies:
@@ -252,16 +257,14 @@ def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: S
             on_run(run, len(finished), total)
         crash_point("grid.run-finished")
 
-    parallel = jobs > 1
+    parallel = jobs > 1 or executor is not None
     session = experiment.open(learners=not parallel)
     if session.serve is not None:  # a torchrun follower: rank 0 drives the runs, this process helps
         session.serve()
         session.close()
         return []
     try:
-        plan = Plan.make(protocol, session.metadata, session.nonfinite_rows)
-        runs = [plan_run(plan, session.learner_description, strategy, seed, out_dir, session.source, session.ranker)
-                for strategy in strategies for seed in seeds]
+        runs = plan_runs(session, protocol, strategies, seeds, out_dir)
         todo = [run for run in runs if not run.complete]
         for run in todo:  # a read-only folder or a record another process writes: refused before any write
             with RecordLock(run.path):
@@ -275,71 +278,11 @@ def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: S
                     lambda record, n_rounds, s=run.strategy, q=run.seed: on_round(s, q, record, n_rounds))
                 done(execute(run, session.make_learner(), report))
             return finished
-        left = [(run.strategy, run.seed) for run in todo]
+        left = [RunSpec(protocol, run.strategy, run.seed, str(out_dir)) for run in todo]
     finally:
         session.close()
-    del session, plan, runs, todo  # the workers hold what they need; this process keeps nothing large
+    del session, runs, todo  # the workers hold what they need; this process keeps nothing large
     if left:
-        _run_in_workers(experiment, protocol, left, out_dir, jobs, done)
+        executor = executor or LocalProcesses(jobs)
+        run_units(executor, work_units([(experiment, left)], executor.slots()), done)
     return finished
-
-
-def _run_in_workers(experiment, protocol: Protocol, runs: list[tuple[str, int]], out_dir: str | Path, jobs: int,
-                    done: Callable[[Run], None]) -> None:
-    context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
-    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, initializer=_start_worker,
-                                                initargs=(os.getpid(), experiment)) as pool:
-        futures = [pool.submit(_run_in_worker, protocol, strategy, seed, str(out_dir)) for strategy, seed in runs]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                done(read_run(future.result()))
-        except BaseException:
-            for future in futures:  # no new runs start; those running finish their records
-                future.cancel()
-            raise
-
-
-#: Seconds between a worker's checks that its parent is alive, where the OS cannot tell it.
-_PARENT_POLL_SECONDS = 0.5
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-_worker: dict = {}
-
-
-def _start_worker(parent: int, experiment) -> None:
-    """Worker initializer: end with the parent, one thread per worker (they share the cores); the
-    experiment is opened by the first run, so an error there reaches the parent as that run's."""
-    _exit_with_parent(parent)
-    import torch
-
-    torch.set_num_threads(1)
-    _worker["experiment"] = experiment
-
-
-def _exit_with_parent(parent: int) -> None:
-    """End this process as soon as `parent` ends, however it ends (kill -9 included), so no orphan
-    keeps appending to records that a rerun then writes too.
-
-    Linux: the kernel sends SIGKILL when the thread that started this process exits;
-    ProcessPoolExecutor starts its workers from the thread that submits the runs, which waits in
-    `run_grid` until they are done. Elsewhere, and as a backstop, a daemon thread watches the
-    parent's pid.
-    """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(_PARENT_POLL_SECONDS)
-    os._exit(1)
-
-
-def _run_in_worker(protocol: Protocol, strategy: str, seed: int, out_dir: str) -> str:
-    if "session" not in _worker:
-        _worker["session"] = _worker["experiment"].open()
-    session = _worker["session"]
-    run = run_al(session.make_learner(), session.metadata, protocol, strategy, seed, out_dir, source=session.source)
-    return str(run.path)

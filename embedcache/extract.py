@@ -137,6 +137,11 @@ def _remove_finished_partial(partial: Path, recipe: dict, dataset: dict, shard: 
         partial.unlink(missing_ok=True)
 
 
+def cache_recipe(backbone, options: ExtractOptions) -> dict:
+    """The recipe a cache extracted with `options` records (its amp resolved for the device they name)."""
+    return backbone.recipe(options.dtype, resolve_amp(options.amp, resolve_device(options.device))).to_dict()
+
+
 def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, options: ExtractOptions | None = None,
             progress: Progress | None = None) -> ExtractResult:
     """Run `backbone` over `dataset` (or one shard of it) and write the features to the cache `out`.
@@ -174,7 +179,7 @@ def extract(dataset: DatasetAdapter, backbone: Backbone, out: str | Path, option
         if missing:
             raise DatasetError(f"{len(missing)} image file(s) not found, e.g. {dataset.location(missing[0])}; "
                                "fix the paths or pass `skip_bad` to leave them out")
-    recipe = backbone.recipe(options.dtype, amp).to_dict()
+    recipe = backbone.recipe(options.dtype, amp).to_dict()  # = cache_recipe(backbone, options), device resolved once
     shard = None if count == 1 else {"index": index, "count": count, "start": rows.start, "stop": rows.stop,
                                      "total": len(dataset.metadata)}
     cache = _open_output(out, dataset.metadata.take(np.arange(rows.start, rows.stop)), backbone.num_features,

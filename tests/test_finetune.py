@@ -20,7 +20,7 @@ from embedcache.cache import EmbeddingCache
 from embedcache.cli import main
 from embedcache.datasets import create_dataset
 from embedcache.datasets.synthetic import write_image_manifest, write_text_jsonl
-from embedcache.errors import ConfigError
+from embedcache.errors import CacheError, ConfigError
 from embedcache.experiments import FinetuneExperiment, LinearExperiment, run_grid
 from embedcache.learners.finetune import (BitRecipe, FinetuneLearner, FinetuneOptions, TextRecipe, bit_schedule,
                                           default_recipe)
@@ -309,13 +309,13 @@ def test_hybrid_refuses_a_cache_of_other_examples(images, tmp_path):
     EmbeddingCache.write(other, np.zeros((len(meta), 4), np.float32), renamed, recipe=cache_recipe())
     experiment = FinetuneExperiment("manifest", images, GN, weights="random", recipe_options=SMALL, options=OPTIONS,
                                     cache=other, score_with="linear")
-    with pytest.raises(ConfigError, match=r"48 of the dataset's 48 ids are not in the cache, e.g. 'ex00000'"):
+    with pytest.raises(CacheError, match=r"48 of the dataset's 48 ids are not in the cache, e.g. 'ex00000'"):
         experiment.open()
     relabelled = type(meta)(meta.ids, 1 - meta.label, meta.split, meta.split_names, meta.groups, meta.group_names,
                             meta.label_names)
     EmbeddingCache.write(tmp_path / "relabelled.h5", np.zeros((len(meta), 4), np.float32), relabelled,
                          recipe=cache_recipe())
-    with pytest.raises(ConfigError, match="id 'ex00000' has label 1 in the cache but 0 in the dataset"):
+    with pytest.raises(CacheError, match="id 'ex00000' has label 1 in the cache but 0 in the dataset"):
         FinetuneExperiment("manifest", images, GN, weights="random", recipe_options=SMALL, options=OPTIONS,
                            cache=tmp_path / "relabelled.h5", evaluate_with="linear").open()
 

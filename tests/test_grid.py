@@ -112,7 +112,7 @@ def test_read_only_folders_are_named_and_finished_records_there_are_confirmed(tm
 
         more = _bound_by_permissions(*args, "--seeds", "0-2", "--out", runs)
         assert more.returncode == 2 and more.stderr.count("\n") == 1, more.stderr  # a ConfigError: usage
-        assert more.stderr.startswith(f"Error: cannot write run records in {runs} (Permission denied")
+        assert more.stderr.startswith(f"Error: --out: cannot write run records in {runs} (Permission denied")
 
         for out in (runs / "report", locked):  # a folder to make in a read-only one; a read-only one
             report = _bound_by_permissions("report", "--runs", runs, "--out", out)

@@ -127,14 +127,14 @@ class Upsampling:
     ratio: Estimate
 
     def to_dict(self) -> dict:
-        return {"backbone": self.key.backbone, "strategy": self.key.strategy, "group": self.spec,
+        return {**self.key.columns(), "group": self.spec,
                 "value": self.value, "pool_share": self.pool_share.mean,
                 "acquired_share": self.acquired_share.to_dict(), "ratio": self.ratio.to_dict()}
 
     def row(self) -> dict:
         """A flat dict for CSV tables."""
         r = self.ratio
-        return {"backbone": self.key.backbone, "strategy": self.key.strategy, "group": self.spec, "value": self.value,
+        return {**self.key.columns(), "group": self.spec, "value": self.value,
                 "pool_share": self.pool_share.mean, "acquired_share": self.acquired_share.mean, "ratio": r.mean,
                 "ratio_sd": r.sd, "ci_low": r.low, "ci_high": r.high, "n_seeds": r.n}
 

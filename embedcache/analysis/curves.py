@@ -1,7 +1,10 @@
 """Learning curves over seeds and the comparison of two strategies (labels-to-reach, final gain).
 
-Runs are grouped into curves by (backbone label, strategy); each curve is the mean over its
-seeds, at every number of labels some of them evaluated, with a 95 % band (see `stats`).
+Runs are grouped into curves by (backbone label, strategy), and for runs of a sweep
+(`embedcache.sweep_index`) also by the values of the sweep's axes that tell runs of one (backbone,
+strategy) apart (e.g. the cache of each Waterbirds variant, or each per_round schedule); each
+curve is the mean over its seeds, at every number of labels some of them evaluated, with a 95 %
+band (see `stats`).
 
 One curve must be one set of features. The rule: all runs of a (backbone, strategy) key share
 the features identity: the `fingerprint` and the `data` (which examples) in the header. Runs of
@@ -17,6 +20,7 @@ e.g. "label*place=waterbird*land".
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +28,7 @@ import numpy as np
 from embedcache.analysis.stats import Difference, Estimate, difference, estimate, labels_to_reach
 from embedcache.errors import ConfigError
 from embedcache.records import RecordError, Run
+from embedcache.sweep_index import cell_of, value_text
 
 #: Metrics listed first, in this order, when present; the dataset's own follow, then group values.
 HEADLINE_METRICS = ("accuracy", "worst_group")
@@ -31,14 +36,24 @@ HEADLINE_METRICS = ("accuracy", "worst_group")
 
 @dataclasses.dataclass(frozen=True, order=True)
 class CurveKey:
-    """What one line in a figure stands for."""
+    """What one line in a figure stands for; `variant`: (axis, value) pairs of a sweep's cell."""
 
     backbone: str
     strategy: str
+    variant: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
-        return f"{self.strategy} · {self.backbone}"
+        return " · ".join([self.strategy, self.backbone, *(f"{axis}={value}" for axis, value in self.variant)])
+
+    @property
+    def variant_text(self) -> str:
+        return " ".join(f"{axis}={value}" for axis, value in self.variant)
+
+    def columns(self) -> dict[str, str]:
+        """The key as table columns: backbone, strategy, and variant when the runs come from a sweep's cells."""
+        return {"backbone": self.backbone, "strategy": self.strategy,
+                **({"variant": self.variant_text} if self.variant else {})}
 
 
 def features_identity(run: Run) -> tuple[str, str]:
@@ -46,25 +61,44 @@ def features_identity(run: Run) -> tuple[str, str]:
     return run.fingerprint, run.header.data
 
 
-def group_runs(runs: Sequence[Run], allow_mixed: bool = False) -> dict[CurveKey, list[Run]]:
-    """Runs by curve, keys sorted, each list sorted by (seed, identity, path); see the module docstring."""
+def sweep_variants(runs: Sequence[Run]) -> dict[Path, tuple[tuple[str, str], ...]]:
+    """Each run's values of the sweep axes that vary among runs of one (backbone, strategy); empty
+    for runs that are in no sweep's cell, or when nothing the sweep varied tells them apart."""
+    indexes: dict = {}
+    values = {}
+    for run in runs:
+        cell = cell_of(run.path, indexes)
+        values[run.path] = {} if cell is None else {axis: value_text(v) for axis, v in cell.values.items()}
+    members: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        members.setdefault((run.backbone, run.strategy), []).append(values[run.path])
+    axes = list(dict.fromkeys(axis for v in values.values() for axis in v))
+    varied = [axis for axis in axes if any(len({v.get(axis) for v in group}) > 1 for group in members.values())]
+    return {path: tuple((axis, v[axis]) for axis in varied if axis in v) for path, v in values.items()}
+
+
+def group_runs(runs: Sequence[Run], allow_mixed: bool = False,
+               variants: dict[Path, tuple[tuple[str, str], ...]] | None = None) -> dict[CurveKey, list[Run]]:
+    """Runs by curve (with each run's `variants`, see `sweep_variants`), keys sorted, each list
+    sorted by (seed, identity, path); see the module docstring."""
     groups: dict[CurveKey, list[Run]] = {}
     for run in runs:
-        groups.setdefault(CurveKey(run.backbone, run.strategy), []).append(run)
+        variant = (variants or {}).get(run.path, ())
+        groups.setdefault(CurveKey(run.backbone, run.strategy, variant), []).append(run)
     for key, members in groups.items():
         members.sort(key=lambda r: (r.seed, features_identity(r), str(r.path)))
         example = {features_identity(r): r.path for r in members}
         if len(example) > 1 and not allow_mixed:
             listed = "; ".join(f"{path} (fingerprint {f[:12]}, dataset {d[:40]})" for (f, d), path in example.items())
-            raise RecordError(f"runs of {key.strategy!r} on {key.backbone!r} come from {len(example)} different "
+            raise RecordError(f"runs of {key.label!r} come from {len(example)} different "
                               f"features: {listed}. Report them separately, or pass `allow_mixed` to pool them "
                               "into one curve")
         seen: dict[tuple, Run] = {}
         for run in members:
             other = seen.setdefault((run.seed, features_identity(run)), run)
             if other is not run:
-                raise RecordError(f"{other.path} and {run.path} are the same run ({key.strategy!r}, seed {run.seed}, "
-                                  f"on {key.backbone!r}); pass each run once")
+                raise RecordError(f"{other.path} and {run.path} are the same run ({key.label!r}, seed {run.seed}); "
+                                  "pass each run once")
     return dict(sorted(groups.items()))
 
 
@@ -130,7 +164,7 @@ class Curve:
 
     def rows(self) -> list[dict]:
         """One dict per point, for CSV tables."""
-        return [{"backbone": self.key.backbone, "strategy": self.key.strategy, "metric": self.metric,
+        return [{**self.key.columns(), "metric": self.metric,
                  "n_labeled": int(x), "n_seeds": int(n), "mean": m, "sd": sd, "ci_low": m - h, "ci_high": m + h}
                 for x, n, m, sd, h in zip(self.n_labeled, self.n, self.mean, self.sd, self.half_width)]
 
@@ -181,7 +215,7 @@ class Comparison:
     gain: Difference | None
 
     def to_dict(self) -> dict:
-        return {"backbone": self.key.backbone, "strategy": self.key.strategy, "baseline": self.baseline.strategy,
+        return {**self.key.columns(), "baseline": self.baseline.strategy,
                 "baseline_backbone": self.baseline.backbone, "metric": self.metric, "target": self.target,
                 "baseline_labels": self.baseline_labels, "labels_to_reach": self.labels_to_reach, "ratio": self.ratio,
                 "compared_at": self.compared_at, "gain": None if self.gain is None else self.gain.to_dict()}

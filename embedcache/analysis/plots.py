@@ -37,14 +37,14 @@ def _save(fig, path: Path) -> Path:
 
 
 def key_styles(keys: Sequence[CurveKey]) -> dict[CurveKey, dict]:
-    """One colour per strategy and one line style per backbone, the same in every figure."""
+    """One colour per strategy and one line style per backbone (and sweep variant), the same in every figure."""
     from matplotlib import colormaps
 
     colours = colormaps["tab10"].colors
     strategies = sorted({k.strategy for k in keys})
-    backbones = sorted({k.backbone for k in keys})
+    backbones = sorted({(k.backbone, k.variant) for k in keys})
     return {k: {"color": colours[strategies.index(k.strategy) % len(colours)],
-                "linestyle": _LINESTYLES[backbones.index(k.backbone) % len(_LINESTYLES)]} for k in keys}
+                "linestyle": _LINESTYLES[backbones.index((k.backbone, k.variant)) % len(_LINESTYLES)]} for k in keys}
 
 
 def plot_curves(path: str | Path, panels: Sequence[tuple[str, Sequence[Curve]]], ylabel: str | None,

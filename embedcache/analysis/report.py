@@ -2,8 +2,9 @@
 
 `write_report(runs, out_dir)` writes:
 
-* `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy; Student
-  t intervals by default, Gaussian ones as in the paper with `interval="gaussian"`),
+* `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy, and
+  the values a sweep varied, `curves.sweep_variants`; Student t intervals by default, Gaussian
+  ones as in the paper with `interval="gaussian"`),
   labels-to-reach and final gain against the baseline strategy, the most upsampled groups,
   links to every figure and table;
 * `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
@@ -36,8 +37,8 @@ import numpy as np
 from embedcache.analysis.acquisitions import (Upsampling, acquisition_specs, check_spec, cumulative_upsampling,
                                               upsampling)
 from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, CurveKey, check_split, compare,
-                                        curve_metrics, evaluated_splits, group_runs,
-                                        learning_curve)
+                                        curve_metrics, evaluated_splits, group_runs, learning_curve,
+                                        sweep_variants)
 from embedcache.analysis.stats import INTERVAL_TEXT, check_interval
 from embedcache.errors import ConfigError
 from embedcache.outputs import OutputFolder, write_csv, write_json
@@ -112,7 +113,7 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     if config.top < 0:
         raise ConfigError("must be 0 or more", param="top")
     interval = check_interval(config.interval)
-    groups = group_runs(runs, config.allow_mixed)
+    groups = group_runs(runs, config.allow_mixed, sweep_variants(runs))
     everything = [r for members in groups.values() for r in members]
     splits = evaluated_splits(everything)
     if not splits:
@@ -132,11 +133,12 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     for key, members in groups.items():
         if baseline is None or key.strategy == baseline:
             continue
-        base = CurveKey(key.backbone, baseline)
+        base = dataclasses.replace(key, strategy=baseline)
         if base in groups:
             comparisons.append(compare(key, members, base, groups[base], split, config.metric, interval))
         else:
-            notes.append(f"no {baseline!r} runs on {key.backbone!r}: {key.strategy!r} there is not compared")
+            where = " ".join([repr(key.backbone), *([key.variant_text] if key.variant else [])])
+            notes.append(f"no {baseline!r} runs on {where}: {key.strategy!r} there is not compared")
     if baseline is None:
         notes.append(f"no baseline: name one (report --baseline), or add {DEFAULT_BASELINE!r} runs, to get "
                      "labels-to-reach")
@@ -235,7 +237,8 @@ def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callab
 def _group_row(row: dict) -> dict:
     """A cumulative-upsampling curve row with its "SPEC=VALUE" metric split into group and value."""
     spec, _, value = row.pop("metric").partition("=")
-    return {"backbone": row.pop("backbone"), "strategy": row.pop("strategy"), "group": spec, "value": value, **row}
+    key = {name: row.pop(name) for name in ("backbone", "strategy", "variant") if name in row}
+    return {**key, "group": spec, "value": value, **row}
 
 
 def _estimate_text(e: dict | None, signed: bool = False) -> str:
@@ -255,15 +258,15 @@ def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tabl
             curve = next((c for c in analysis.curves[metric] if c.key == key), None)
             if curve is not None:
                 final[metric] = {"n_labeled": int(curve.n_labeled[-1]), **curve.point(-1).to_dict()}
-        curves.append({"backbone": key.backbone, "strategy": key.strategy, "seeds": sorted({r.seed for r in members}),
+        curves.append({**key.columns(), "seeds": sorted({r.seed for r in members}),
                        "fingerprints": sorted({r.fingerprint for r in members}),
                        "final": final})
     return {
         "split": analysis.split, "baseline": analysis.baseline, "metric": analysis.config.metric,
         "interval": analysis.config.interval,
-        "runs": [{"record": os.path.relpath(r.path, out), "backbone": r.backbone, "strategy": r.strategy,
-                  "seed": r.seed, "fingerprint": r.fingerprint, "rounds": len(r.rounds), "complete": r.complete}
-                 for members in analysis.runs.values() for r in members],
+        "runs": [{"record": os.path.relpath(r.path, out), **key.columns(), "seed": r.seed, "fingerprint": r.fingerprint,
+                  "rounds": len(r.rounds), "complete": r.complete}
+                 for key, members in analysis.runs.items() for r in members],
         "curves": curves,
         "comparisons": [c.to_dict() for c in analysis.comparisons],
         "upsampling": [u.to_dict() for entries in analysis.upsampling.values() for u in entries],
@@ -272,6 +275,11 @@ def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tabl
         "tables": tables,
         "notes": analysis.notes,
     }
+
+
+def _strategy(entry: dict) -> str:
+    """A table's strategy cell: the strategy, and the sweep cell's values when curves differ in them."""
+    return f"{entry['strategy']} ({entry['variant']})" if entry.get("variant") else entry["strategy"]
 
 
 def _markdown(summary: dict) -> str:
@@ -286,7 +294,7 @@ def _markdown(summary: dict) -> str:
     for c in summary["curves"]:
         labels = next(iter(c["final"].values()))["n_labeled"] if c["final"] else "–"
         cells = " | ".join(_estimate_text(c["final"].get(m)) for m in shown)
-        lines.append(f"| {c['backbone']} | {c['strategy']} | {len(c['seeds'])} | {labels} | {cells} |")
+        lines.append(f"| {c['backbone']} | {_strategy(c)} | {len(c['seeds'])} | {labels} | {cells} |")
     if summary["comparisons"]:
         metric = summary["metric"].replace("_", " ")
         lines += ["", f"## Against {summary['baseline']}: labels to reach its final {metric}", "",
@@ -300,7 +308,7 @@ def _markdown(summary: dict) -> str:
             gain = c["gain"] or {}
             p = "–" if gain.get("p_value") is None else f"{gain['p_value']:.3g}"
             at = f"{_estimate_text(gain, signed=True)} ({c['compared_at']})" if gain else "–"
-            lines.append(f"| {c['backbone']} | {c['strategy']} | {c['target']:.3f} ({c['baseline_labels']}) | {reach} "
+            lines.append(f"| {c['backbone']} | {_strategy(c)} | {c['target']:.3f} ({c['baseline_labels']}) | {reach} "
                          f"| {ratio} | {at} | {gain.get('test', '–')} | {p} |")
     if summary["top_upsampled"]:
         lines += ["", "## Most upsampled groups", "",
@@ -308,7 +316,7 @@ def _markdown(summary: dict) -> str:
                   "the seed set is not counted).", "",
                   "| backbone | strategy | group | value | pool share | ratio |", "|---" * 6 + "|"]
         for u in summary["top_upsampled"]:
-            lines.append(f"| {u['backbone']} | {u['strategy']} | {u['group']} | {u['value']} | "
+            lines.append(f"| {u['backbone']} | {_strategy(u)} | {u['group']} | {u['value']} | "
                          f"{u['pool_share']:.3f} | {_estimate_text(u['ratio'])} |")
     lines += ["", "## Figures", ""] + [f"- [{f['caption']}]({f['file']})" for f in summary["figures"]]
     lines += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in summary["tables"]]

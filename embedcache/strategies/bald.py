@@ -27,7 +27,6 @@ Probabilities are `[n, T, C]` (rows, posterior samples, classes), aligned with `
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import scipy.special
