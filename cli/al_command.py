@@ -61,7 +61,7 @@ def round_line(record: RoundRecord, n_rounds: int, run_name: str) -> str:
 
 
 def _protocol(protocol_name: str, seed_size, seed_balanced, per_round, budget, pool_size, pool_split, eval_splits,
-              eval_every, groups, worst_group, metrics, percentiles):
+              eval_every, groups, worst_group, metrics, percentiles, stop_set_size):
     """The preset with the options given overriding its fields."""
     from embedcache.protocols import get_protocol
 
@@ -69,7 +69,7 @@ def _protocol(protocol_name: str, seed_size, seed_balanced, per_round, budget, p
         seed_size=seed_size, seed_balanced=seed_balanced, per_round=_per_round(per_round), budget=budget,
         pool_size=pool_size, pool_split=pool_split, eval_splits=tuple(eval_splits) or None, eval_every=eval_every,
         groups=tuple(groups) or None, worst_group=worst_group, metrics=tuple(metrics) or None,
-        percentiles=_percentiles(percentiles))
+        percentiles=_percentiles(percentiles), stop_set_size=stop_set_size)
 
 
 protocol_options = grouped(
@@ -91,6 +91,9 @@ protocol_options = grouped(
            "metrics come from the options around it). Repeatable.", name="metrics", multiple=True),
     click.option("--percentile", "percentiles", multiple=True, metavar="GROUP:Q",
                  help="Q-th percentile of per-value accuracy of GROUP, e.g. user:10. Repeatable."),
+    click.option("--stop-set-size", type=int,
+                 help="Pool examples (a sample drawn once from the seed) the label-free stopping signals are measured "
+                      "on every round, for `report` (default 2000; 0: none)."),
 )
 
 

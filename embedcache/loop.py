@@ -1,11 +1,13 @@
 """The active-learning loop. It drives any learner of the contract in `embedcache.learners.base`
 and never knows whether that is a linear head on cached embeddings or a finetuned network.
 
-Round r: fit on the labelled set, evaluate the requested splits, then (unless the budget is spent)
-score the unlabelled pool (a fresh random subsample of it each round when the protocol has a
-`pool_size`) and acquire the next batch. Round 0 trains on the seed set. Every random choice (seed
-set, pool subsample, tie-breaks, the random strategy) is drawn from the run seed and the round
-number, so a run is reproducible, and a resumed run continues exactly as an uninterrupted one.
+Round r: fit on the labelled set, evaluate the requested splits, measure the stopping signals on
+the run's stop set (`embedcache.stopping.measure`: the model's predictions there, no labels), then
+(unless the budget is spent) score the unlabelled pool (a fresh random subsample of it each round
+when the protocol has a `pool_size`) and acquire the next batch. Round 0 trains on the seed set.
+Every random choice (seed set, stop set, pool subsample, tie-breaks, the random strategy) is drawn
+from the run seed and the round number, so a run is reproducible, and a resumed run continues
+exactly as an uninterrupted one.
 
 A run is planned before it is executed: `Plan.make` checks the protocol against the data (and the
 features' finiteness), `plan_run` the strategy (a registered name, and one whose `requires` the
@@ -29,6 +31,7 @@ from embedcache.learners.base import ChecksFeatures, Learner, RankerCapabilities
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
+from embedcache.stopping import measure
 from embedcache.records import (Acquisition, RoundRecord, Run, RunHeader, RunWriter, Source, SplitMetrics, Training,
                                 check_identity, read_existing, read_run, record_path)
 from embedcache.strategies import create_strategy
@@ -36,7 +39,7 @@ from embedcache.versions import library_versions
 
 #: on_round(record, n_rounds): called after each round is written.
 OnRound = Callable[[RoundRecord, int], None]
-_PURPOSES = {"seed-set": 1, "pool": 2, "ties": 3}
+_PURPOSES = {"seed-set": 1, "pool": 2, "ties": 3, "stop-set": 4}
 
 
 def _rng(seed: int, purpose: str, round_: int = 0) -> np.random.Generator:
@@ -70,6 +73,14 @@ def seed_set(labels: np.ndarray, rows: np.ndarray, size: int, balanced: bool, rn
         quota[c] += 1
     chosen = [rng.choice(rows[labels == c], size=q, replace=False) for c, q in quota.items() if q]
     return np.sort(np.concatenate(chosen))
+
+
+def stop_set(pool: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """The run's stop set: `size` pool rows (all, if the pool is smaller) drawn from the run seed, sorted.
+    Label-free and fixed for the whole run: the stopping signals compare successive models there."""
+    if not size or size >= len(pool):
+        return np.sort(pool[:size])
+    return np.sort(_rng(seed, "stop-set").choice(pool, size=size, replace=False))
 
 
 #: nonfinite_rows(rows): the subset of `rows` (sorted) whose features hold NaN or infinite values.
@@ -226,10 +237,17 @@ def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_rou
     row_of = {i: r for r, i in enumerate(metadata.ids)}
     labeled = [seed_rows] + [np.array([row_of[i] for i in r.acquired.ids], dtype=np.int64) for r in writer.rounds]
     learner.prepare(plan.pool, plan.evaluation)
+    stop_rows = stop_set(plan.pool, writer.header.stop_set_size, seed)  # the record's: none in an older one
     if learner.warm_start:  # rebuild the warm-start chain the finished rounds left
         for r in range(len(writer.rounds)):
             rows = np.concatenate(labeled[:r + 1])
             learner.fit(rows, labels[rows])
+    previous = None  # the last round's predictions on the stop set
+    if len(stop_rows) and writer.rounds:
+        if not learner.warm_start:  # the last finished round's model, fitted again
+            rows = np.concatenate(labeled[:len(writer.rounds)])
+            learner.fit(rows, labels[rows])
+        previous = learner.predict_proba(stop_rows).argmax(axis=1)
     is_labeled = np.zeros(len(metadata), dtype=bool)
     for rows in labeled:
         is_labeled[rows] = True
@@ -246,6 +264,9 @@ def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_rou
                                                                  plan.evaluation_metadata[split], protocol.evaluation),
                                                         f"metrics.{split}")
         training = Training.from_dict(dict(learner.training_))
+        stopping = None
+        if len(stop_rows):
+            stopping, previous = measure(learner.predict_proba(stop_rows), previous)
         chosen, scores, pool_size = np.zeros(0, dtype=np.int64), np.zeros(0), 0
         if not last:
             candidates = plan.pool[~is_labeled[plan.pool]]
@@ -258,7 +279,7 @@ def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_rou
         acquired = Acquisition(metadata.ids[chosen].tolist(), np.asarray(scores, float).tolist(),
                                plan.group_values(chosen))
         record = RoundRecord(r, int(len(rows)), metrics, training, acquired, int(pool_size),
-                             time.perf_counter() - started)
+                             time.perf_counter() - started, stopping)
         writer.write_round(record)
         if on_round is not None:
             on_round(record, protocol.n_rounds)

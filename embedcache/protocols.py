@@ -15,6 +15,7 @@ import dataclasses
 from embedcache.errors import ConfigError
 from embedcache.metrics import EvalSpec
 from embedcache.registry import Registry
+from embedcache.stopping import STOP_SET_SIZE
 
 PROTOCOLS: Registry["Protocol"] = Registry("protocol")
 
@@ -22,7 +23,8 @@ PROTOCOLS: Registry["Protocol"] = Registry("protocol")
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     """One AL experiment design. `per_round` is a batch size, or a schedule of batch sizes per round
-    (the last one repeats until the budget is spent)."""
+    (the last one repeats until the budget is spent). `stop_set_size`: examples of the pool (a sample
+    drawn once from the run seed) the stopping signals are measured on every round (0: none)."""
 
     name: str = "custom"
     seed_size: int = 40
@@ -34,6 +36,7 @@ class Protocol:
     eval_splits: tuple[str, ...] = ("val",)
     eval_every: int = 1
     evaluation: EvalSpec = EvalSpec()
+    stop_set_size: int = STOP_SET_SIZE
 
     def __post_init__(self) -> None:
         sizes = self.per_round if isinstance(self.per_round, tuple) else (self.per_round,)
@@ -52,6 +55,8 @@ class Protocol:
                               f"{largest}", param="pool_size")
         if self.eval_every < 1:
             raise ConfigError("must be at least 1", param="eval_every")
+        if self.stop_set_size < 0:
+            raise ConfigError("must be 0 (no stopping signals) or more", param="stop_set_size")
         if not self.eval_splits:
             raise ConfigError("evaluate at least one split", param="eval_splits")
 

@@ -15,12 +15,17 @@ round's model was trained on), `metrics` (split → `SplitMetrics`, see `embedca
 `training` (`Training`: `steps`, `loss_initial`, `loss_final`, `stopped_by`), `acquired`
 (`Acquisition`: `ids`, `scores`, and `groups`: column → value per acquired id; the batch this
 round's model chose, labelled from the next round on; empty in the last round), `pool_size`
-(candidates scored) and `seconds`.
+(candidates scored), `seconds`, and `stopping` (`embedcache.stopping.Measures` of the round's model
+on the run's stop set: `kappa` and `changed` against the previous round, None in round 0;
+`uncertainty` and `max_uncertainty`; what the stopping signals read).
 
 Schema versions. 2 (written now): the header names its version `schema_version`, and `source`
 holds only what the header does not say already. 1 (embedcache before typed records): the key is
 `schema`, and `source` repeats `fingerprint`, `backbone` and `data`. Rounds are the same in both,
 so a version-1 record is read, reported and resumed as it is (its resumed rounds follow its header).
+Fields added since, all optional: the protocol's `stop_set_size` and the rounds' `stopping`. A record
+without them was made before stopping signals were recorded: its rounds are read with `stopping`
+None, its header matches a protocol of any stop set size, and its resumed rounds record no signals.
 
 Lines are appended and flushed one at a time, so a killed run leaves whole lines plus at most one
 partial last line, which readers ignore and writers truncate before resuming. (No fsync: a flushed
@@ -51,6 +56,7 @@ import numpy as np
 
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.recipe import canonical_json
+from embedcache.stopping import Measures
 
 #: The version new records are written in; READABLE_SCHEMAS lists those this embedcache reads.
 SCHEMA_VERSION = 2
@@ -58,6 +64,8 @@ READABLE_SCHEMAS = (1, 2)
 #: Header fields that define a run: a record is resumed or reused only if all of them are equal. The
 #: schema version is not one of them: it says how the record is written, not what run it holds.
 IDENTITY_FIELDS = ("mode", "strategy", "seed", "protocol", "learner", "fingerprint", "data", "n_rounds")
+#: Protocol fields added after records were first written: a header without one matches any value of it.
+_LATER_PROTOCOL_FIELDS = ("stop_set_size",)
 #: Fields every header and every round line must have, with their JSON types.
 _HEADER_FIELDS = {"strategy": str, "seed": int, "n_rounds": int, "fingerprint": str, "seed_ids": list}
 _ROUND_FIELDS = {"round": int, "n_labeled": int, "metrics": dict, "acquired": dict}
@@ -283,10 +291,20 @@ class Acquisition:
         return {"ids": list(self.ids), "scores": list(self.scores), "groups": dict(self.groups)}
 
 
+def _measures(d: Any, where: str = "stopping") -> Measures:
+    """A round's stopping measures (see `embedcache.stopping.Measures`)."""
+    d = _object(d, where)
+    optional, number = (*_NUMBER, type(None)), _NUMBER
+    return Measures(_float_or_none(_field(d, "kappa", optional, where)),
+                    _float_or_none(_field(d, "changed", optional, where)),
+                    float(_field(d, "uncertainty", number, where)), float(_field(d, "max_uncertainty", number, where)))
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundRecord:
     """One round of a run: the model trained on `n_labeled` examples, what it measured per split
-    (empty in rounds the protocol does not evaluate), how its training went, and what it acquired."""
+    (empty in rounds the protocol does not evaluate), how its training went, what it acquired, and
+    its stopping measures (None: the run has no stop set, or its record predates them)."""
 
     round: int
     n_labeled: int
@@ -295,19 +313,22 @@ class RoundRecord:
     acquired: Acquisition = Acquisition()
     pool_size: int = 0
     seconds: float = 0.0
+    stopping: Measures | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RoundRecord":
         metrics = {split: SplitMetrics.from_dict(m, f"metrics.{split}") for split, m in d["metrics"].items()}
+        stopping = _field(d, "stopping", dict, "", None)
         return cls(d["round"], d["n_labeled"], metrics, Training.from_dict(_field(d, "training", dict, "", {})),
                    Acquisition.from_dict(d["acquired"]), _field(d, "pool_size", int, "", 0),
-                   float(_field(d, "seconds", _NUMBER, "", 0.0)))
+                   float(_field(d, "seconds", _NUMBER, "", 0.0)), None if stopping is None else _measures(stopping))
 
     def to_dict(self) -> dict:
-        return {"type": "round", "round": self.round, "n_labeled": self.n_labeled,
-                "metrics": {split: m.to_dict() for split, m in self.metrics.items()},
-                "training": self.training.to_dict(), "acquired": self.acquired.to_dict(),
-                "pool_size": self.pool_size, "seconds": self.seconds}
+        d = {"type": "round", "round": self.round, "n_labeled": self.n_labeled,
+             "metrics": {split: m.to_dict() for split, m in self.metrics.items()},
+             "training": self.training.to_dict(), "acquired": self.acquired.to_dict(),
+             "pool_size": self.pool_size, "seconds": self.seconds}
+        return d if self.stopping is None else {**d, "stopping": dataclasses.asdict(self.stopping)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +394,11 @@ class RunHeader:
         return self.protocol.get("pool_split", "train")
 
     @property
+    def stop_set_size(self) -> int:
+        """Examples the run measures its stopping signals on (0 in records made before they were recorded)."""
+        return int(self.protocol.get("stop_set_size", 0))
+
+    @property
     def columns(self) -> list[str]:
         """Columns whose value is recorded for the seed set and every acquisition (the label and each group)."""
         return list(self.seed_groups)
@@ -382,8 +408,13 @@ class RunHeader:
         return {f: json.loads(canonical_json(getattr(self, f))) for f in IDENTITY_FIELDS}
 
     def differences(self, other: "RunHeader") -> list[str]:
-        """The identity fields in which `other` is another run configuration."""
+        """The identity fields in which `other` is another run configuration (a protocol field added
+        since one of the two was written is not compared)."""
         mine, theirs = self.identity(), other.identity()
+        for field in _LATER_PROTOCOL_FIELDS:
+            if field not in mine["protocol"] or field not in theirs["protocol"]:
+                mine["protocol"].pop(field, None)
+                theirs["protocol"].pop(field, None)
         return [f for f in IDENTITY_FIELDS if canonical_json(mine[f]) != canonical_json(theirs[f])]
 
     @classmethod

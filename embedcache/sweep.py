@@ -73,7 +73,7 @@ else:  # the same parser, from PyPI
 PROTOCOL_FIELDS: dict[str, tuple[type, ...]] = {
     "seed_size": (int,), "seed_balanced": (bool,), "per_round": (int, list), "budget": (int,), "pool_size": (int,),
     "pool_split": (str,), "eval_splits": (list,), "eval_every": (int,), "groups": (list,), "worst_group": (str,),
-    "metrics": (list,), "percentiles": (list,)}
+    "metrics": (list,), "percentiles": (list,), "stop_set_size": (int,)}
 LINEAR_FIELDS: dict[str, tuple[type, ...]] = {"C": (float, int), "standardize": (bool,), "solver": (str,),
                                               "device": (str,)}
 FINETUNE_FIELDS: dict[str, tuple[type, ...]] = {

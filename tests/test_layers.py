@@ -25,7 +25,7 @@ LAYERS = (
     ("embedcache.kernels", "embedcache.loading"),  # the fused scorer; examples in batches
     ("embedcache.pool", "embedcache.backbones", "embedcache.datasets", "embedcache.records", "embedcache.protocols",
      "embedcache.devices"),
-    ("embedcache.cache", "embedcache.metrics", "embedcache.outputs"),
+    ("embedcache.cache", "embedcache.metrics", "embedcache.outputs", "embedcache.stopping"),
     ("embedcache.metadata",),
     ("embedcache.recipe", "embedcache.versions", "embedcache.faults"),
     ("embedcache.scoring", "embedcache.registry"),  # everything may use scoring, registry and errors

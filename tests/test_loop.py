@@ -19,10 +19,11 @@ from embedcache.experiments import LinearExperiment, parse_seeds, run_grid
 from embedcache.learners import BaseLearner
 from embedcache.learners.hybrid import HybridLearner
 from embedcache.learners.linear import LinearConfig, LinearLearner
-from embedcache.loop import run_al, seed_set
+from embedcache.loop import run_al, seed_set, stop_set
 from embedcache.metadata import Metadata
 from embedcache.protocols import Protocol, get_protocol
 from embedcache.records import RecordError, Source, read_run, read_runs, record_path
+from embedcache.stopping import measure
 
 SMALL = get_protocol("waterbirds").replace(seed_size=20, per_round=5, budget=60)
 SOURCE = Source("synthetic", backbone="synthetic (test)")
@@ -78,7 +79,7 @@ def test_a_killed_run_resumes_to_the_same_record(ambiguous, tmp_path):
     partial = read_run(path)
     assert len(partial.rounds) == 6 and not partial.complete
     resumed = _run(ambiguous, tmp_path / "killed")
-    assert _stable(resumed) == _stable(whole)
+    assert _stable(resumed) == _stable(whole) and resumed.rounds[6].stopping.kappa is not None  # κ across the kill
 
 
 def test_random_acquires_groups_at_their_pool_rates(ambiguous, tmp_path):
@@ -190,6 +191,7 @@ def test_cli_runs_grid_in_parallel_identically_and_skips_finished(cache, tmp_pat
     assert two.exit_code == 0, two.output
     for a, b in zip(read_runs([tmp_path / "one"]), read_runs([tmp_path / "two"])):
         assert _stable(a)["rounds"] == _stable(b)["rounds"] and a.header.seed_ids == b.header.seed_ids
+        assert all(r.stopping is not None for r in a.rounds)
     again = runner.invoke(main, [*args, "--out", str(tmp_path / "one")])
     assert again.exit_code == 0 and "round" not in again.output  # nothing rerun
     header = json.loads((tmp_path / "one" / "entropy-seed0.jsonl").read_text().splitlines()[0])
@@ -351,3 +353,51 @@ def test_max_logit_is_a_strategy_and_a_hybrid_acquires_what_its_scorer_would(amb
                     "max-logit", 0, tmp_path / "hybrid", source=SOURCE)
     assert [r.acquired for r in hybrid.rounds] == [r.acquired for r in alone.rounds]
     assert [r.metrics for r in hybrid.rounds] == [r.metrics for r in alone.rounds]
+
+
+def test_every_round_records_its_models_stopping_measures_on_a_seeded_stop_set(ambiguous, tmp_path):
+    """Each round's measures are those of its model's predictions on the run's stop set (a sample of the
+    pool drawn from the seed; no labels are read): replayed here round by round."""
+    x, meta = ambiguous
+    protocol = SMALL.replace(stop_set_size=300)
+    run = _run(ambiguous, tmp_path / "a", protocol=protocol)
+    assert run.header.stop_set_size == 300 and run.header.protocol["stop_set_size"] == 300
+    pool = meta.split_indices("train")
+    rows = stop_set(pool, 300, 0)
+    assert len(rows) == 300 and np.isin(rows, pool).all() and not np.array_equal(rows, stop_set(pool, 300, 1))
+    learner = LinearLearner(x, 2)
+    learner.prepare(pool, {})
+    row_of = {i: r for r, i in enumerate(meta.ids)}
+    previous = None
+    for record in run.rounds:
+        labelled = [row_of[i] for i in run.labeled_ids(record.round)]
+        learner.fit(labelled, meta.label[labelled])
+        expected, previous = measure(learner.predict_proba(rows), previous)
+        got = record.stopping
+        assert (got.kappa is None) == (expected.kappa is None) == (record.round == 0)
+        for field in ("kappa", "changed", "uncertainty", "max_uncertainty"):
+            assert getattr(got, field) == pytest.approx(getattr(expected, field), abs=1e-6), (record.round, field)
+    assert run.rounds[-1].stopping.kappa > 0.9 and 0 <= run.rounds[-1].stopping.changed < 0.05
+    off = _run(ambiguous, tmp_path / "b", protocol=protocol.replace(stop_set_size=0))
+    assert off.header.stop_set_size == 0 and all(r.stopping is None for r in off.rounds)
+    assert [dataclasses.replace(r, seconds=0.0, stopping=None) for r in run.rounds] == \
+        [dataclasses.replace(r, seconds=0.0) for r in off.rounds]  # measuring changes nothing else
+    with pytest.raises(RecordError, match="differs in: protocol"):
+        _run(ambiguous, tmp_path / "a", protocol=protocol.replace(stop_set_size=200))
+
+
+def test_a_non_warm_start_learner_resumes_to_the_same_stopping_measures(ambiguous, tmp_path):
+    """A learner that does not replay its fits on resume fits the last finished round again, for the
+    predictions the next round's κ compares with."""
+    config = LinearConfig(warm_start=False)
+    whole = _run(ambiguous, tmp_path / "whole", config=config)
+
+    def die_at_round_3(record, n_rounds):
+        if record.round == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(ambiguous, tmp_path / "killed", on_round=die_at_round_3, config=config)
+    resumed = _run(ambiguous, tmp_path / "killed", config=config)
+    assert resumed.rounds[4].stopping.kappa is not None
+    assert _stable(resumed) == _stable(whole)

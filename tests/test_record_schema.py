@@ -104,7 +104,8 @@ def test_version_1_records_report_as_before(tmp_path):
 
 def test_version_1_records_resume_and_finished_ones_are_kept(tmp_path):
     """A version-1 record cut after round 1 resumes in place: its header and rounds stay as they were,
-    the rounds it adds are those of an uninterrupted run, and finished version-1 records are skipped."""
+    the rounds it adds are those of an uninterrupted run without the stopping measures its header
+    predates, and finished version-1 records are skipped."""
     cache = shutil.copy(V1 / "tiny.h5", tmp_path / "tiny.h5")
     out = shutil.copytree(V1 / "linear", tmp_path / "runs")
     record = record_path(out, "least-confidence", 1)
@@ -121,8 +122,10 @@ def test_version_1_records_resume_and_finished_ones_are_kept(tmp_path):
     assert result.exit_code == 0, result.output
     resumed, whole = read_run(record), read_run(record_path(fresh, "least-confidence", 1))
     assert whole.header.schema_version == SCHEMA_VERSION and resumed.header.differences(whole.header) == []
+    assert all(r.stopping is None for r in resumed.rounds) and all(r.stopping is not None for r in whole.rounds)
+    assert whole.header.stop_set_size == 2000 and resumed.header.stop_set_size == 0
     assert [dataclasses.replace(r, seconds=0.0) for r in resumed.rounds[2:]] == \
-        [dataclasses.replace(r, seconds=0.0) for r in whole.rounds[2:]]
+        [dataclasses.replace(r, seconds=0.0, stopping=None) for r in whole.rounds[2:]]
 
 
 def test_new_records_carry_schema_version_2_and_no_copies_in_source(tmp_path):

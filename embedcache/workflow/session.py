@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedcache.stopping import Measures, measure, stopping_signals
 from embedcache.workflow.labels import LabelConflict, LabelsError, LabelsFile
-from embedcache.workflow.stopping import stopping_signals
 from embedcache.workflow.suggest import ROUND_SIZE
 from embedcache.workflow.workspace import Model, Workspace
 
@@ -59,6 +59,7 @@ class LabellingSession:
         self._fitted: tuple[np.ndarray, np.ndarray, list[str]] = (np.zeros(0, np.int64), np.zeros(0, np.int64), [])
         self._rows_seen = -1  # rows of the labels file the model reflects
         self._history: list[np.ndarray] = []  # stop-set probabilities per round
+        self._measures: list[Measures] = []  # and what the stopping signals read of them
         self._previous: np.ndarray | None = None  # stop-set predictions before the last refit
         self._current: np.ndarray | None = None  # and after it
         self._ranking: list[tuple[int, float]] = []
@@ -86,10 +87,12 @@ class LabellingSession:
             same = (rows[:n] == old_rows[:n]) & (y[:n] == old_y[:n])
             common = n if same.all() else int(np.argmin(same))
         r = self.round_size
-        self._history = self._history[:common // r]
+        self._history, self._measures = self._history[:common // r], self._measures[:common // r]
         for end in range(len(self._history) * r + r, len(rows) + 1, r):  # rounds the labels file now reaches
             self.model.fit(rows[:end], y[:end], classes)
             self._history.append(self.model.stop_set_proba())
+            previous = self._history[-2].argmax(axis=1) if len(self._history) > 1 else None
+            self._measures.append(measure(self._history[-1], previous)[0])
         self.model.fit(rows, y, classes)
         self._fitted = (rows, y, classes)
         self._rows_seen = len(state.rows)
@@ -288,6 +291,6 @@ class LabellingSession:
             "changes": changes,
             "rounds": len(self._history),
             "round_size": self.round_size,
-            "signals": [s.to_dict() for s in stopping_signals(self._history)],
+            "signals": [s.to_dict() for s in stopping_signals(self._measures)],
             "groups": groups,
         }

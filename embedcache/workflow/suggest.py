@@ -9,9 +9,9 @@ from typing import Callable
 import numpy as np
 
 from embedcache.cache import EmbeddingCache
+from embedcache.stopping import Signal, measures_of, stopping_signals
 from embedcache.workflow.head import Head
 from embedcache.workflow.labels import LabelState
-from embedcache.workflow.stopping import Signal, stopping_signals
 from embedcache.workflow.workspace import Model, Workspace
 
 #: Labels per round of the stopping signals' history.
@@ -61,7 +61,7 @@ def suggest(workspace: Workspace, state: LabelState, k: int, strategy: str = "le
                                       probability=probability, text=example.text,
                                       path=None if example.path is None else str(example.path)))
     return SuggestResult(suggestions, model.active_strategy, len(rows), len(candidates), classes,
-                         stopping_signals(history), len(history))
+                         stopping_signals(measures_of(history)), len(history))
 
 
 def suggestion_columns(result: SuggestResult) -> dict[str, list]:

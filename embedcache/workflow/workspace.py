@@ -27,14 +27,13 @@ from embedcache.cache import EmbeddingCache
 from embedcache.errors import ConfigError, DatasetError
 from embedcache.learners.linear import LinearLearner
 from embedcache.metadata import Metadata
+from embedcache.stopping import STOP_SET_SIZE
 from embedcache.workflow.labels import LabelsError, LabelState
 
 #: progress(done, total)
 Progress = Callable[[int, int], None]
 #: The strategy used while there are no labels: a seeded uniform draw.
 COLD_START = "random"
-#: Size of the stop set the stopping signals are computed on (Bloodgood & Vijay-Shanker use 2,000).
-STOP_SET_SIZE = 2000
 
 
 @dataclasses.dataclass
