@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -48,10 +48,11 @@ def key_styles(keys: Sequence[CurveKey]) -> dict[CurveKey, dict]:
 
 
 def plot_curves(path: str | Path, panels: Sequence[tuple[str, Sequence[Curve]]], ylabel: str | None,
-                reference: float | None = None) -> Path:
+                reference: float | None = None, marks: Mapping[CurveKey, Sequence[tuple[str, float]]] | None = None
+                ) -> Path:
     """One subplot per (title, curves): each curve's mean against labels, its 95 % CI shaded;
     `ylabel` None labels each panel's y-axis with its title; `reference` draws a horizontal line
-    (1 for upsampling ratios)."""
+    (1 for upsampling ratios); `marks` puts named points (name, labels) on a curve, one marker each."""
     keys = sorted({c.key for _, curves in panels for c in curves})
     styles = key_styles(keys)
     fig, axes = _figure(len(panels))
@@ -62,6 +63,9 @@ def plot_curves(path: str | Path, panels: Sequence[tuple[str, Sequence[Curve]]],
             band = np.isfinite(curve.half_width)
             ax.fill_between(curve.n_labeled[band], (curve.mean - curve.half_width)[band],
                             (curve.mean + curve.half_width)[band], color=style["color"], alpha=0.2, linewidth=0)
+            for i, (name, x) in enumerate((marks or {}).get(curve.key, [])):
+                ax.plot([x], [np.interp(x, curve.n_labeled, curve.mean)], marker=_MARKERS[i % len(_MARKERS)],
+                        linestyle="none", color="black", markerfacecolor="none", markersize=8, label=name)
         if reference is not None:
             ax.axhline(reference, color="grey", linewidth=0.8)
         ax.set_title(title, fontsize=10)

@@ -6,15 +6,19 @@
   the values a sweep varied, `curves.sweep_variants`; Student t intervals by default, Gaussian
   ones as in the paper with `interval="gaussian"`),
   labels-to-reach and final gain against the baseline strategy, the most upsampled groups,
-  links to every figure and table;
+  where each stopping signal would have stopped the runs and what that cost (`stopping`), links
+  to every figure and table;
 * `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
   significant digits, record paths relative to the output folder, no times), so a report of
   the same runs is the same file;
-* tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, and `upsampling-rounds.csv` (the
-  cumulative ratio, for the values the figures show);
+* tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, `upsampling-rounds.csv` (the
+  cumulative ratio, for the values the figures show), and `stopping.csv` (per curve and signal)
+  with `stopping-runs.csv` (per run and signal) when the runs record stopping measures;
 * figures `curves-overall.png` (accuracy, worst group, the dataset's own metrics),
   `curves-<group>.png` (one panel per group value), `upsampling-<group>.png` (bars with CIs)
-  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels). A group with more
+  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels), and
+  `curves-stopping.png` (one panel per curve: the report's metric, each signal's median stop
+  marked on it). A group with more
   values than `max_panels` shows the first ones evaluated (curves) or the ones acquired most
   (upsampling).
 
@@ -40,6 +44,7 @@ from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, Cur
                                         curve_metrics, evaluated_splits, group_runs, learning_curve,
                                         sweep_variants)
 from embedcache.analysis.stats import INTERVAL_TEXT, check_interval
+from embedcache.analysis.stopping import RunStop, StopSummary, stopping_points
 from embedcache.errors import ConfigError
 from embedcache.outputs import OutputFolder, write_csv, write_json
 from embedcache.records import Run
@@ -85,6 +90,8 @@ class Analysis:
     shown: dict[str, list[str]]
     cumulative: dict[str, list[Curve]]
     notes: list[str]
+    stopping: list[StopSummary] = dataclasses.field(default_factory=list)
+    stop_runs: list[RunStop] = dataclasses.field(default_factory=list)
 
     @property
     def scalar_metrics(self) -> list[str]:
@@ -155,12 +162,15 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
             notes.append(f"figures of {spec} show the {len(shown[spec])} values acquired most; the tables have all")
     cumulative = {spec: [c for key, members in groups.items() if any(u.key == key for u in ups[spec])
                          for c in cumulative_upsampling(key, members, spec, shown[spec], interval)] for spec in ups}
+    stopping, stop_runs, stop_notes = stopping_points(groups, split, config.metric, interval)
+    notes += stop_notes
     incomplete = [r for r in everything if not r.complete]
     if incomplete:
         notes.append(f"{len(incomplete)} run(s) are incomplete and count with the rounds they have, e.g. "
                      f"{incomplete[0].path.name} ({len(incomplete[0].rounds)}/{incomplete[0].header.n_rounds} "
                      "rounds)")
-    return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes)
+    return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes,
+                    stopping=stopping, stop_runs=stop_runs)
 
 
 def top_upsampled(analysis: Analysis) -> list[Upsampling]:
@@ -231,6 +241,16 @@ def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callab
         panels = [(v, [c for c in curves if c.metric == f"{spec}={v}"]) for v in values]
         add(f"upsampling-rounds-{slug(spec)}.png", f"cumulative upsampling ratio per {spec}", plots.plot_curves,
             panels, "upsampling ratio so far", reference=1.0)
+    if analysis.stopping:
+        metric = analysis.config.metric
+        marks: dict = {}
+        for s in analysis.stopping:
+            marks.setdefault(s.key, []).append((f"{s.signal} (median)", s.median_labels))
+        curves = [c for c in analysis.curves[metric] if c.key in marks]
+        if len(curves) > cap:
+            notes.append(f"curves-stopping.png shows {cap} of {len(curves)} curves; stopping.csv has all")
+        add("curves-stopping.png", f"where each stopping signal would have stopped ({metric} on {analysis.split})",
+            plots.plot_curves, [(c.key.label, [c]) for c in curves[:cap]], metric.replace("_", " "), marks=marks)
     return figures, notes
 
 
@@ -271,6 +291,7 @@ def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tabl
         "comparisons": [c.to_dict() for c in analysis.comparisons],
         "upsampling": [u.to_dict() for entries in analysis.upsampling.values() for u in entries],
         "top_upsampled": [u.to_dict() for u in top_upsampled(analysis)],
+        "stopping": [s.to_dict() for s in analysis.stopping],
         "figures": [{"file": f, "caption": c} for f, c in figures],
         "tables": tables,
         "notes": analysis.notes,
@@ -318,6 +339,20 @@ def _markdown(summary: dict) -> str:
         for u in summary["top_upsampled"]:
             lines.append(f"| {u['backbone']} | {_strategy(u)} | {u['group']} | {u['value']} | "
                          f"{u['pool_share']:.3f} | {_estimate_text(u['ratio'])} |")
+    if summary["stopping"]:
+        metric = summary["metric"].replace("_", " ")
+        lines += ["", "## Where the stopping signals would have stopped", "",
+                  "Each signal replayed on the rounds' label-free measures (default thresholds, "
+                  "`embedcache.stopping`); a run it never stopped counts with its last round. Stopped: runs "
+                  f"stopped before their end. Costs are per-run differences in {metric}: final − at stop, "
+                  "best − at stop.", "",
+                  f"| backbone | strategy | signal | stopped | median round | median labels (of) | {metric} at stop "
+                  "| final | final − stop | best − stop |", "|---" * 10 + "|"]
+        for s in summary["stopping"]:
+            lines.append(f"| {s['backbone']} | {_strategy(s)} | {s['signal']} | {s['stopped']}/{s['runs']} | "
+                         f"{s['median_round']:g} | {s['median_labels']:g} ({s['final_labels']:g}) | "
+                         f"{_estimate_text(s['at_stop'])} | {_estimate_text(s['final'])} | "
+                         f"{_estimate_text(s['cost_final'], signed=True)} | {_estimate_text(s['cost_best'], signed=True)} |")
     lines += ["", "## Figures", ""] + [f"- [{f['caption']}]({f['file']})" for f in summary["figures"]]
     lines += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in summary["tables"]]
     if summary["notes"]:
@@ -349,6 +384,8 @@ def write_report(runs: Sequence[Run], out_dir: str | Path | OutputFolder, config
             "upsampling.csv": [u.row() for entries in analysis.upsampling.values() for u in entries],
             "upsampling-rounds.csv": [_group_row(row) for curves in analysis.cumulative.values() for c in curves
                                       for row in c.rows()],
+            "stopping.csv": [_flat(s.to_dict()) for s in analysis.stopping],
+            "stopping-runs.csv": [s.row() for s in analysis.stop_runs],
         }
         written = []
         for name, rows in tables.items():
