@@ -3,13 +3,14 @@
 A Waterbirds-sized synthetic cache (4,795 train x 2048-d, 1,199 val; see
 `embedcache.datasets.synthetic.ambiguity_embeddings`) and the waterbirds protocol: seed set of 40,
 +5 per round until 320 are acquired (64 acquisition rounds, 65 fits), least-confidence, the val
-split evaluated every round. Times
+split evaluated every round, the stopping measures taken every round on a stop set of
+--stop-set-size pool examples (default 2,000 as in `al`; 0 times the loop without them). Times
   (a) embedcache: `run_al` with the linear learner, writing its JSONL record, and
   (b) a plain loop: LogisticRegression(max_iter=1000).fit on the labelled rows, predict_proba on the
       unlabelled pool, argsort, val accuracy, on the same data and seed set,
 and prints seconds per run and b/a. Goals on a 2-core CPU: (a) <= 0.5 s per run, b/a >= 8.
 
-    python benchmarks/linear_al.py [--runs 3] [--dim 2048]
+    python benchmarks/linear_al.py [--runs 3] [--dim 2048] [--stop-set-size 2000]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="seeds timed for each side (best and mean shown)")
     parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--stop-set-size", type=int, default=2000, help="0: no stopping measures")
     args = parser.parse_args()
 
     import torch
@@ -55,7 +57,7 @@ def main() -> None:
     from embedcache.records import Source
 
     x, meta = ambiguity_embeddings(n_train=4795, n_val=1199, dim=args.dim, matched=0.95, minority=0.23, seed=0)
-    protocol = get_protocol("waterbirds")
+    protocol = get_protocol("waterbirds").replace(stop_set_size=args.stop_set_size)
     pool, val = meta.split_indices("train"), meta.split_indices("val")
     ours, theirs, final = [], [], {}
     with tempfile.TemporaryDirectory() as out:
@@ -79,7 +81,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads; numpy {np.__version__}, "
           f"torch {torch.__version__}")
     print(f"waterbirds protocol on {len(pool)} x {args.dim} (+{len(val)} val), {protocol.n_rounds} rounds, "
-          f"least-confidence, {args.runs} seeds")
+          f"least-confidence, {args.runs} seeds, stop set {protocol.stop_set_size}")
     print(f"(a) embedcache linear mode   {a:6.3f} s/run (best {min(ours):.3f})   final val acc "
           f"{final['embedcache']:.3f}")
     print(f"(b) scikit-learn loop        {b:6.3f} s/run (best {min(theirs):.3f})   final val acc "

@@ -40,6 +40,8 @@ from embedcache.versions import library_versions
 #: on_round(record, n_rounds): called after each round is written.
 OnRound = Callable[[RoundRecord, int], None]
 _PURPOSES = {"seed-set": 1, "pool": 2, "ties": 3, "stop-set": 4}
+#: The stop set's name among the row sets `Learner.prepare` is told the loop predicts every round.
+STOP_SET = "(stop set)"
 
 
 def _rng(seed: int, purpose: str, round_: int = 0) -> np.random.Generator:
@@ -236,8 +238,8 @@ def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_rou
     schedule = protocol.schedule()
     row_of = {i: r for r, i in enumerate(metadata.ids)}
     labeled = [seed_rows] + [np.array([row_of[i] for i in r.acquired.ids], dtype=np.int64) for r in writer.rounds]
-    learner.prepare(plan.pool, plan.evaluation)
     stop_rows = stop_set(plan.pool, writer.header.stop_set_size, seed)  # the record's: none in an older one
+    learner.prepare(plan.pool, {**plan.evaluation, STOP_SET: stop_rows} if len(stop_rows) else plan.evaluation)
     if learner.warm_start:  # rebuild the warm-start chain the finished rounds left
         for r in range(len(writer.rounds)):
             rows = np.concatenate(labeled[:r + 1])

@@ -2,7 +2,8 @@
 
 Every learner offers the core `Learner`: `fit(rows, y) -> self`, `predict_proba(rows)`, `describe()`
 (its config for the run header, with its registered name under "learner"), `prepare(pool,
-evaluation)` (called once before the first round), `warm_start` (the loop replays earlier fits on
+evaluation)` (called once before the first round; `evaluation` names the row sets predicted every
+round: the evaluated splits and the stop set), `warm_start` (the loop replays earlier fits on
 resume when True), `training_` (facts about the last fit: steps, loss_initial, loss_final,
 stopped_by) and `ranker` (the learner whose outputs rank the pool: itself, or the scoring side of a
 hybrid). Rows index the learner's data (cache rows in linear mode, dataset rows in finetune mode).
