@@ -367,15 +367,21 @@ def _parquet_file(path: Path):
         raise DatasetError(f"{path}: not a readable Parquet file ({e})") from None
 
 
+def _file_kind(path: Path, formats: dict[str, str], expected: str) -> str:
+    """The format `formats` gives the file's suffix; an error naming the file when it has none or is missing."""
+    kind = formats.get(path.suffix.lower())
+    if kind is None:
+        raise DatasetError(f"{path}: {expected}")
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    return kind
+
+
 def open_vectors(path: str | Path, vectors: str | None = None, ids: str | None = None,
                  id_column: str = "id") -> VectorFile:
     """The embeddings file at `path`, its header (shape, dtype, where the vectors and ids are) checked."""
     path = Path(path)
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise DatasetError(f"{path}: embeddings must be a .npy, .npz or .parquet file")
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+    kind = _file_kind(path, FORMATS, "embeddings must be a .npy, .npz or .parquet file")
     if kind == "npy":
         for name, value in (("vectors", vectors), ("ids", ids)):
             if value is not None:
@@ -399,11 +405,7 @@ class MetadataTable:
 def read_metadata_table(path: str | Path, options: ImportOptions) -> MetadataTable:
     """A CSV or Parquet table → Metadata, parsed by the same strict rules as the manifest adapter."""
     path = Path(path)
-    kind = METADATA_FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise DatasetError(f"{path}: the metadata must be a .csv or .parquet file")
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+    kind = _file_kind(path, METADATA_FORMATS, "the metadata must be a .csv or .parquet file")
     if kind == "csv":
         columns = csv_columns(path)
         nested: list[str] = []

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -176,27 +177,26 @@ class LabellingSession:
             classes = self.workspace.classes(self.labels.state)
             if self.workspace.fixed_classes and name not in classes:
                 raise SessionError(f"{name!r} is not one of the classes {classes}")
-            try:
-                self.labels.label(example_id, name, self.annotator)
-                message, conflict = f"Labelled {example_id} as {name}.", False
-            except LabelConflict as e:
-                message, conflict = f"Not saved: {e}.", True
-            self._assigned.pop(tab, None)
-            self._sync(quick=True)
-            return self._payload(tab, message, conflict)
+            return self._record(tab, lambda: self.labels.label(example_id, name, self.annotator),
+                                f"Labelled {example_id} as {name}.")
 
     def skip(self, tab: str, example_id: str) -> dict:
         with self._lock:
             self.complete_ranking()
             self._check_example(example_id)
-            try:
-                self.labels.skip(example_id, self.annotator)
-                message, conflict = f"Skipped {example_id}.", False
-            except LabelConflict as e:
-                message, conflict = f"Not saved: {e}.", True
-            self._assigned.pop(tab, None)
-            self._sync(quick=True)
-            return self._payload(tab, message, conflict)
+            return self._record(tab, lambda: self.labels.skip(example_id, self.annotator), f"Skipped {example_id}.")
+
+    def _record(self, tab: str, write: Callable[[], object], done: str) -> dict:
+        """Write a label or skip (on disk before the page moves on); a conflict with another tab is shown, not
+        raised."""
+        try:
+            write()
+            message, conflict = done, False
+        except LabelConflict as e:
+            message, conflict = f"Not saved: {e}.", True
+        self._assigned.pop(tab, None)
+        self._sync(quick=True)
+        return self._payload(tab, message, conflict)
 
     def undo(self, tab: str) -> dict:
         """Take back this annotator's latest label or skip; the tab shows that example again."""
