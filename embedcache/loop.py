@@ -31,9 +31,9 @@ from embedcache.learners.base import ChecksFeatures, Learner, RankerCapabilities
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
-from embedcache.stopping import measure
 from embedcache.records import (Acquisition, RoundRecord, Run, RunHeader, RunWriter, Source, SplitMetrics, Training,
                                 check_identity, read_existing, read_run, record_path)
+from embedcache.stopping import measure
 from embedcache.strategies import create_strategy
 from embedcache.versions import library_versions
 

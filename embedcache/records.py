@@ -294,10 +294,10 @@ class Acquisition:
 def _measures(d: Any, where: str = "stopping") -> Measures:
     """A round's stopping measures (see `embedcache.stopping.Measures`)."""
     d = _object(d, where)
-    optional, number = (*_NUMBER, type(None)), _NUMBER
-    return Measures(_float_or_none(_field(d, "kappa", optional, where)),
-                    _float_or_none(_field(d, "changed", optional, where)),
-                    float(_field(d, "uncertainty", number, where)), float(_field(d, "max_uncertainty", number, where)))
+    pairwise = (*_NUMBER, type(None))  # None in round 0: no previous round to compare with
+    return Measures(_float_or_none(_field(d, "kappa", pairwise, where)),
+                    _float_or_none(_field(d, "changed", pairwise, where)),
+                    float(_field(d, "uncertainty", _NUMBER, where)), float(_field(d, "max_uncertainty", _NUMBER, where)))
 
 
 @dataclasses.dataclass(frozen=True)

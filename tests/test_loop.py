@@ -245,6 +245,8 @@ def test_grid_never_counts_finished_records_of_another_configuration(cache, tmp_
     (["--budget", "99999"], "budget 99999", ["--budget", "5"]),
     (["--seed-size", "0"], "Error: --seed-size: must be at least 1", ["--seed-size", "4"]),
     (["--eval-every", "0"], "Error: --eval-every: must be at least 1", ["--eval-every", "2"]),
+    (["--stop-set-size", "-1"], "Error: --stop-set-size: must be 0 (no stopping signals) or more",
+     ["--stop-set-size", "0"]),
     (["--C", "0"], "'--C': 0.0 is not in the range x>0", ["--C", "2"]),
     (["--device", "cuda:99"], "Error: --device: cuda:99: ", ["--device", "cpu"]),
     (["--jobs", "0"], "'--jobs': 0 is not in the range x>=1", ["--jobs", "1"]),

@@ -147,6 +147,11 @@ def test_a_broken_header_is_moved_aside_and_its_run_starts_over(grid, tmp_path):
      '"scores": []}}', "no field metrics.val.accuracy"),
     ('{"type": "round", "round": 0, "n_labeled": 15, "metrics": {}, "training": {"steps": "7"}, "acquired": {"ids": '
      '[], "scores": []}}', "field training.steps is a JSON string, not number or null"),
+    ('{"type": "round", "round": 0, "n_labeled": 15, "metrics": {}, "acquired": {"ids": [], "scores": []}, '
+     '"stopping": {"kappa": null, "changed": null, "uncertainty": 0.5}}', "no field stopping.max_uncertainty"),
+    ('{"type": "round", "round": 0, "n_labeled": 15, "metrics": {}, "acquired": {"ids": [], "scores": []}, '
+     '"stopping": {"kappa": "high", "changed": 0, "uncertainty": 0.5, "max_uncertainty": 1}}',
+     "field stopping.kappa is a JSON string, not number or null"),
 ])
 def test_a_line_that_is_not_a_round_is_a_record_error(grid, tmp_path, line, problem):
     _, reference = grid
