@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.faults import ENV as CRASH_AT, ONCE_ENV as CRASH_ONCE, crash_point
-from embedcache.loop import run_al
+from embedcache.loop import Plan, plan_run
 from embedcache.protocols import Protocol
 from embedcache.records import Run, read_run
 
@@ -283,6 +283,7 @@ _opened: dict[str, Any] = {}
 def close_opened() -> None:
     """Close the session `run_unit` keeps open, freeing its features."""
     _opened.pop("experiment", None)
+    _opened.pop("plans", None)
     if "session" in _opened:
         _opened.pop("session").close()
 
@@ -294,12 +295,19 @@ def run_unit(unit: WorkUnit) -> list[str]:
         _opened["session"] = unit.experiment.open()
         _opened["experiment"] = unit.experiment
     session = _opened["session"]
-    paths = []
-    for spec in unit.runs:
-        run = run_al(session.make_learner(), session.metadata, spec.protocol, spec.strategy, spec.seed, spec.out_dir,
-                     source=session.source, on_round=lambda record, n_rounds: crash_point("unit.round-written"))
-        paths.append(str(run.path))
-    return paths
+    planned = [plan_run(_plan(session, spec.protocol), session.learner_description, spec.strategy, spec.seed,
+                        spec.out_dir, session.source, session.ranker) for spec in unit.runs]
+    session.run_all([run for run in planned if not run.complete],
+                    lambda run, record, n_rounds: crash_point("unit.round-written"))
+    return [str(run.path) for run in planned]
+
+
+def _plan(session, protocol: Protocol) -> Plan:
+    """The session's plan of `protocol`, made once per protocol (it checks the features' finiteness)."""
+    plans = _opened.setdefault("plans", {})
+    if protocol not in plans:
+        plans[protocol] = Plan.make(protocol, session.metadata, session.nonfinite_rows)
+    return plans[protocol]
 
 
 # -------------------------------------------------------------------------------------- local workers

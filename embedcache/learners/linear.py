@@ -163,6 +163,30 @@ class LinearLearner(BaseLearner):
         if self.config.standardize:
             self._set_stats(self._pool[2])
 
+    def share_prepared(self, other: "LinearLearner") -> None:
+        """Use the pool and evaluation blocks and statistics `other` prepared (a learner of the same
+        features and config), as `prepare` with the same rows would make them, without a copy: the
+        batched engine's runs of one cache share one."""
+        self._pool, self._eval = other._pool, other._eval
+        self._mean, self._scale, self._stats_ready = other._mean, other._scale, other._stats_ready
+
+    @property
+    def prepared_pool(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """(pool rows, row → position in the block or -1, the block of their features) from `prepare`."""
+        return self._pool
+
+    @property
+    def prepared_evaluation(self) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
+        """Per evaluation split: (rows, the block of their features) from `prepare`."""
+        return self._eval
+
+    def expand(self, outputs: np.ndarray, proba: bool = True) -> np.ndarray:
+        """`[n, num_classes]` from the head's `[n, C]` outputs over the fitted classes: absent classes get
+        probability 0 (logit -inf), as `predict_proba` / `predict_logits` give them."""
+        full = np.full((len(outputs), self.num_classes), 0.0 if proba else -np.inf, dtype=np.float32)
+        full[:, self.classes_] = outputs
+        return full
+
     def _set_stats(self, x: torch.Tensor) -> None:
         """Per-feature mean and standard deviation, accumulated in float64 in one pass."""
         if x.device.type == "cpu":  # numpy reduces rows of a C-ordered array 2-3x faster than torch
@@ -197,9 +221,7 @@ class LinearLearner(BaseLearner):
         if binary:
             target = target.to(torch.float64)
         width = 1 if binary else len(classes)
-        solver = self.config.solver
-        if solver == "auto":
-            solver = "newton" if len(rows) * width <= _NEWTON_MAX_VARIABLES else "lbfgs"
+        solver = self._solver(len(rows), len(classes))
         state = self._state
         extends = (state is not None and state["solver"] == solver and np.array_equal(state["classes"], classes)
                    and len(state["rows"]) <= len(rows) and np.array_equal(state["rows"], rows[:len(state["rows"])]))
@@ -211,13 +233,25 @@ class LinearLearner(BaseLearner):
             x = buffer[:len(rows)]
             fit = _fit_newton if solver == "newton" else _fit_lbfgs
             weights, bias, solver_state, facts = fit(x, target, binary, width, self.config, previous)
+            # fold standardisation into the head: logits = raw @ coef + intercept
+            self.coef_ = weights / self._scale[:, None]
+            self.intercept_ = bias - (self._mean / self._scale) @ weights
         self._state = {**solver_state, "solver": solver, "classes": classes, "rows": rows, "buffer": buffer}
-        # fold standardisation into the head: logits = raw @ coef + intercept
-        self.coef_ = weights / self._scale[:, None]
-        self.intercept_ = bias - (self._mean / self._scale) @ weights
         self._head = _softmax_head(self.coef_, self.intercept_)
         self.training_ = facts
         return self
+
+    def _solver(self, n_rows: int, n_classes: int) -> str:
+        width = 1 if n_classes == 2 else n_classes
+        if self.config.solver != "auto":
+            return self.config.solver
+        return "newton" if n_rows * width <= _NEWTON_MAX_VARIABLES else "lbfgs"
+
+    def fits_on_one_thread(self, y: np.ndarray) -> bool:
+        """Whether `fit` on rows labelled `y` runs on one CPU thread throughout (the Newton solver does), so
+        several learners can fit side by side on threads and each give the bits it gives alone."""
+        classes = len(np.unique(y))
+        return self.device.type == "cpu" and (classes < 2 or self._solver(len(y), classes) == "newton")
 
     @property
     def head(self) -> tuple[np.ndarray, np.ndarray]:
@@ -268,6 +302,12 @@ class LinearLearner(BaseLearner):
         inputs[:, :-1] = self.embed(rows)
         return residual, inputs
 
+    def scores_pool_densely(self, candidates: np.ndarray) -> bool:
+        """Whether `top_k` ranks these candidates by scoring the whole prepared pool block with the other
+        rows excluded (most of the pool are candidates), as the batched engine does for many heads at once."""
+        return (self._pool is not None and 2 * len(candidates) >= len(self._pool[0])
+                and bool((self._pool[1][candidates] >= 0).all()))
+
     def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The acquisition's fused path: the pool ranked by `embedcache.kernels.score_topk` without
         materialising its probabilities; what scoring `predict_proba(candidates)` (`predict_logits` for a
@@ -284,7 +324,7 @@ class LinearLearner(BaseLearner):
             # ties hash the rows' numbers in the whole table, as scoring it directly would
             rows, position, block = self._pool
             subset = position[candidates]
-            dense = 2 * len(candidates) >= len(rows)
+            dense = self.scores_pool_densely(candidates)
             exclude = None
             if dense:
                 exclude = np.ones(len(rows), dtype=bool)
