@@ -4,8 +4,8 @@ Ray cluster, with the same records wherever they run.
 Work travels as `Task`s: a module-level function and small arguments, never features. The AL task
 is a `WorkUnit`: runs that share one experiment (one cache, or one dataset × backbone), which the
 worker opens once and runs one after another, each run writing its own record and holding that
-record's lock itself, exactly as `embedcache al` does in one process. A unit is also the natural
-input of an engine that steps several runs of one cache together. A unit retried after its worker
+record's lock itself, exactly as `embedcache al` does in one process: linear units through the
+batched engine (`embedcache.engine`), which steps their runs together. A unit retried after its worker
 died skips its finished records and resumes the interrupted one, so the records of a sweep with a
 lost worker are those of an uninterrupted one.
 
