@@ -161,21 +161,18 @@ def _acquire(live: list[tuple[RunState, LinearLearner]], rows: list[np.ndarray],
     for i, ((state, learner), cand) in enumerate(zip(live, candidates)):
         if cand is None:
             continue
-        if isinstance(state.chooser, UncertaintyStrategy) and _fitted_head(learner) and learner.scores_pool_densely(cand):
+        batchable = isinstance(state.chooser, UncertaintyStrategy) and _fitted_head(learner)
+        if batchable and learner.scores_pool_densely(cand):
             together.append(i)
         else:
             acquired[i] = state.select(learner, cand, rows[i])
     if together:
-        pool_rows, position, block = live[together[0]][1].prepared_pool
-        excludes = []
-        for i in together:
-            exclude = np.ones(len(pool_rows), dtype=bool)
-            exclude[position[candidates[i]]] = False
-            excludes.append(exclude)
+        inputs = [live[i][1].dense_scoring(candidates[i]) for i in together]
+        X, rows_of_x, _, tie_keys, table_rows = inputs[0]  # the runs share the prepared pool
         states = [live[i][0] for i in together]
-        results = score_topk_many(block, [live[i][1].head for i in together], [s.chooser.name for s in states],
-                                  [s.k for s in states], excludes=excludes, seeds=[s.tie_seed for s in states],
-                                  tie_keys=pool_rows, stack=stack)
+        results = score_topk_many(X, [live[i][1].head for i in together], [s.chooser.name for s in states],
+                                  [s.k for s in states], excludes=[exclude for _, _, exclude, _, _ in inputs],
+                                  seeds=[s.tie_seed for s in states], rows=rows_of_x, tie_keys=tie_keys, stack=stack)
         for i, (chosen, scores) in zip(together, results):
-            acquired[i] = (pool_rows[chosen], scores)
+            acquired[i] = (chosen if table_rows is None else table_rows[chosen], scores)
     return acquired

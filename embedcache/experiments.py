@@ -99,11 +99,15 @@ BATCH = 64
 class LinearExperiment:
     """Linear mode: a linear head on the embeddings of one complete cache. `batch`: how many runs of a
     grid or work unit the batched engine steps together (`embedcache.engine`); 1 runs them one by one
-    through the single-run loop."""
+    through the single-run loop. `in_memory`: load the features into memory as float32 (fastest), or,
+    False, leave them on disk and stream the pool from the cache every round (pools larger than memory:
+    only the labelled rows, the evaluation rows and the statistics are held; records agree with the
+    in-memory ones up to ties)."""
 
     cache: Path
     learner: LinearConfig = LinearConfig()
     batch: int = BATCH
+    in_memory: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
@@ -112,24 +116,27 @@ class LinearExperiment:
 
     def open(self, learners: bool = True) -> Session:
         """The cache's metadata, and its features in memory for the learners; without `learners`
-        (the parent of worker processes) the features stay on disk and are checked a block at a time."""
+        (the parent of worker processes), or not `in_memory`, the features stay on disk and are checked
+        a block at a time (and streamed by the learners)."""
         with EmbeddingCache(self.cache) as cache:
             cache.require_complete()
             metadata = cache.metadata()
             source = Source(cache.fingerprint, cache.dataset.get("manifest_sha256") or metadata.fingerprint(),
                             recipe_label(cache.recipe), str(Path(self.cache).resolve()), cache.dataset)
-            features = cache.embeddings(dtype=np.float32) if learners else None
+            features = cache.embeddings(dtype=np.float32) if learners and self.in_memory else None
         ranker = RankerCapabilities.of_class(LinearLearner)
-        if features is None:
-            return Session(metadata, source, self.learner.describe(), ranker, None,
-                           functools.partial(_nonfinite_in_cache, Path(self.cache)))
+        on_disk = functools.partial(_nonfinite_in_cache, Path(self.cache))
+        if not learners:
+            return Session(metadata, source, self.learner.describe(), ranker, None, on_disk)
         num_classes, config = metadata.num_classes, self.learner
+        streamed = EmbeddingCache(self.cache) if features is None else None
 
         def make_learner():
-            return LinearLearner(features, num_classes, config)
+            return LinearLearner(features if streamed is None else streamed, num_classes, config)
 
         return Session(metadata, source, config.describe(), ranker, make_learner,
-                       lambda rows: _nonfinite(_blocks(features, rows)),
+                       on_disk if streamed is not None else (lambda rows: _nonfinite(_blocks(features, rows))),
+                       close=streamed.close if streamed is not None else (lambda: None),
                        run_batch=lambda runs, on_round: run_batch(runs, make_learner, on_round), batch_size=self.batch)
 
 

@@ -230,7 +230,7 @@ class RunState:
         self.chooser = create_strategy(planned.strategy)
         self.schedule = self.protocol.schedule()
         metadata = self.plan.metadata
-        row_of = {i: r for r, i in enumerate(metadata.ids)}
+        row_of = {i: r for r, i in enumerate(metadata.ids)} if writer.rounds else {}  # only to resume
         self.labeled = [planned.seed_rows] + [np.array([row_of[i] for i in r.acquired.ids], dtype=np.int64)
                                               for r in writer.rounds]
         self.is_labeled = np.zeros(len(metadata), dtype=bool)

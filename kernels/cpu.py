@@ -248,7 +248,8 @@ def score_topk_many(pool: Pool, heads: Heads, strategies: list[str], ks: list[in
             if not finite[keep].all():
                 raise non_finite(index[keep & ~finite])
             keep &= scores >= floors[i]
-            results.append(top_k(scores[keep], index[keep], ks[i], seeds[i], None if keys is None else keys[index[keep]]))
+            kept = index[keep]
+            results.append(top_k(scores[keep], kept, ks[i], seeds[i], None if keys is None else keys[kept]))
         return results
 
     best = [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in range(count)]
