@@ -345,10 +345,10 @@ class LinearLearner(BaseLearner):
         None, the table row of each row of X or None when they are the table's). In memory X is the pool
         block, streamed the cache."""
         rows, position, block = self._pool
-        if self.streamed:
+        if self.streamed:  # the whole table read in order (contiguous reads) when the pool is most of it
             exclude = np.ones(self.n_rows, dtype=bool)
             exclude[candidates] = False
-            return block, rows, exclude, None, None
+            return block, None if 2 * len(rows) >= self.n_rows else rows, exclude, None, None
         exclude = np.ones(len(rows), dtype=bool)
         exclude[position[candidates]] = False
         return block, None, exclude, rows, rows
