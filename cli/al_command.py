@@ -104,10 +104,12 @@ class Learners:
     linear: LinearConfig
     finetune: FinetuneOptions
     recipe: dict
+    batch: int
+    in_memory: bool
 
 
-def _learners(C, standardize, solver, device, recipe_options, micro_batch, eval_batch_size, num_workers, train_seed,
-              amp) -> Learners:
+def _learners(C, standardize, solver, device, batch, in_memory, recipe_options, micro_batch, eval_batch_size,
+              num_workers, train_seed, amp) -> Learners:
     from embedcache.devices import resolve_device
     from embedcache.learners.finetune import FinetuneOptions
     from embedcache.learners.linear import LinearConfig
@@ -116,7 +118,7 @@ def _learners(C, standardize, solver, device, recipe_options, micro_batch, eval_
     return Learners(LinearConfig(C=C, standardize=standardize, solver=solver, device=linear_device),
                     FinetuneOptions(device=device or "auto", amp=amp, micro_batch=micro_batch,
                                     eval_batch_size=eval_batch_size, num_workers=num_workers, train_seed=train_seed),
-                    parse_key_values(recipe_options, "--recipe"))
+                    parse_key_values(recipe_options, "--recipe"), batch, in_memory)
 
 
 learner_options = grouped(
@@ -128,6 +130,12 @@ learner_options = grouped(
                  help="Linear mode solver: Newton in the representer space (few labels), L-BFGS (many classes)."),
     DEVICE("Default: cpu for the linear head, auto for finetuning. Under torchrun use cuda: each process takes "
            "cuda:LOCAL_RANK."),
+    click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Linear mode: runs stepped together by the batched engine (each round reads the pool once for "
+                      "all of them; records as one by one). 1 runs them one at a time."),
+    click.option("--in-memory/--stream-pool", default=True, show_default=True,
+                 help="Linear mode: load the cache into memory as float32, or stream the pool from it every round "
+                      "(pools larger than memory; records agree up to ties)."),
     click.option("--recipe", "recipe_options", multiple=True, metavar="KEY=VALUE",
                  help="Finetune mode: override a field of the paper's recipe (BiT for images, RoBERTa's for text), "
                       "e.g. --recipe base_lr=0.01 or --recipe schedule=10,20,30,40,50. Repeatable; an unknown key "
@@ -240,7 +248,7 @@ def _experiment(mode: str, score_with: str, cache: Path | None, data: DatasetArg
     if (mode, score_with) == ("linear", "linear"):
         if cache is None:
             raise UsageLine("--mode linear needs --cache")
-        return LinearExperiment(cache, learners.linear)
+        return LinearExperiment(cache, learners.linear, learners.batch, learners.in_memory)
     if data is None or model is None:
         raise UsageLine(f"--mode {mode} --score-with {score_with} finetunes: it needs --dataset, --root and "
                                "--backbone")

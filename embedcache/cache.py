@@ -860,7 +860,17 @@ class EmbeddingCache:
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         for start in range(0, len(rows), chunk_rows):
             part = rows[start:start + chunk_rows]
-            yield part, self.embeddings(part)
+            lo, hi = int(part[0]), int(part[-1]) + 1
+            block = None
+            if 2 * len(part) >= hi - lo:  # most rows of their range (a pool): one contiguous read
+                try:
+                    block = ds[lo:hi]
+                except OSError:  # a damaged chunk: read around it as `embeddings` does
+                    pass
+            if block is None:
+                yield part, self.embeddings(part)
+            else:
+                yield part, block if len(part) == hi - lo else block[part - lo]
 
     # ------------------------------------------------------------------ checks and summary
     def _datasets(self) -> dict[str, h5py.Dataset]:

@@ -4,8 +4,8 @@ Ray cluster, with the same records wherever they run.
 Work travels as `Task`s: a module-level function and small arguments, never features. The AL task
 is a `WorkUnit`: runs that share one experiment (one cache, or one dataset × backbone), which the
 worker opens once and runs one after another, each run writing its own record and holding that
-record's lock itself, exactly as `embedcache al` does in one process. A unit is also the natural
-input of an engine that steps several runs of one cache together. A unit retried after its worker
+record's lock itself, exactly as `embedcache al` does in one process: linear units through the
+batched engine (`embedcache.engine`), which steps their runs together. A unit retried after its worker
 died skips its finished records and resumes the interrupted one, so the records of a sweep with a
 lost worker are those of an uninterrupted one.
 
@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.faults import ENV as CRASH_AT, ONCE_ENV as CRASH_ONCE, crash_point
-from embedcache.loop import run_al
+from embedcache.loop import Plan, plan_run
 from embedcache.protocols import Protocol
 from embedcache.records import Run, read_run
 
@@ -283,6 +283,7 @@ _opened: dict[str, Any] = {}
 def close_opened() -> None:
     """Close the session `run_unit` keeps open, freeing its features."""
     _opened.pop("experiment", None)
+    _opened.pop("plans", None)
     if "session" in _opened:
         _opened.pop("session").close()
 
@@ -294,12 +295,19 @@ def run_unit(unit: WorkUnit) -> list[str]:
         _opened["session"] = unit.experiment.open()
         _opened["experiment"] = unit.experiment
     session = _opened["session"]
-    paths = []
-    for spec in unit.runs:
-        run = run_al(session.make_learner(), session.metadata, spec.protocol, spec.strategy, spec.seed, spec.out_dir,
-                     source=session.source, on_round=lambda record, n_rounds: crash_point("unit.round-written"))
-        paths.append(str(run.path))
-    return paths
+    planned = [plan_run(_plan(session, spec.protocol), session.learner_description, spec.strategy, spec.seed,
+                        spec.out_dir, session.source, session.ranker) for spec in unit.runs]
+    session.run_all([run for run in planned if not run.complete],
+                    lambda run, record, n_rounds: crash_point("unit.round-written"))
+    return [str(run.path) for run in planned]
+
+
+def _plan(session, protocol: Protocol) -> Plan:
+    """The session's plan of `protocol`, made once per protocol (it checks the features' finiteness)."""
+    plans = _opened.setdefault("plans", {})
+    if protocol not in plans:
+        plans[protocol] = Plan.make(protocol, session.metadata, session.nonfinite_rows)
+    return plans[protocol]
 
 
 # -------------------------------------------------------------------------------------- local workers

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from embedcache.cache import EmbeddingCache
+from embedcache.engine import OnBatchRound, run_batch
 from embedcache.errors import CacheError, ConfigError
 from embedcache.executors import Executor, LocalProcesses, RunSpec, run_units, work_units
 from embedcache.faults import crash_point
@@ -45,7 +46,8 @@ class Session:
     `make_learner` (None in a session opened without learners), and `nonfinite_rows` (rows whose
     features hold NaN/inf; None when the experiment holds no such numbers). `serve` is set on the
     ranks other than 0 of a torchrun launch: they serve rank 0's learner instead of running the
-    grid. `close` is called once the grid is done."""
+    grid. `close` is called once the grid is done. `run_batch` (set where the batched engine applies:
+    linear mode) runs up to `batch_size` planned runs together (`embedcache.engine.run_batch`)."""
 
     metadata: Metadata
     source: Source
@@ -55,6 +57,21 @@ class Session:
     nonfinite_rows: NonfiniteRows | None = None
     serve: Callable[[], None] | None = None
     close: Callable[[], None] = lambda: None
+    run_batch: Callable[[Sequence[PlannedRun], OnBatchRound | None], list[Run]] | None = None
+    batch_size: int = 1
+
+    def run_all(self, runs: Sequence[PlannedRun], on_round: OnBatchRound | None = None,
+                done: Callable[[Run], None] = lambda run: None) -> None:
+        """Run every planned run in this process, `done(run)` as each finishes: `batch_size` at a time
+        through `run_batch` where the session has it, else one after another through the single-run loop."""
+        if self.run_batch is not None and self.batch_size > 1:
+            for start in range(0, len(runs), self.batch_size):
+                for run in self.run_batch(runs[start:start + self.batch_size], on_round):
+                    done(run)
+            return
+        for run in runs:
+            report = None if on_round is None else (lambda record, n_rounds, r=run: on_round(r, record, n_rounds))
+            done(execute(run, self.make_learner(), report))
 
 
 def _nonfinite(blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -74,30 +91,53 @@ def _nonfinite_in_cache(path: Path, rows: np.ndarray) -> np.ndarray:
         return _nonfinite(cache.iter_chunks(rows))
 
 
+#: Runs the batched engine steps together by default (memory: a few MB of solver state per run).
+BATCH = 64
+
+
 @dataclasses.dataclass(frozen=True)
 class LinearExperiment:
-    """Linear mode: a linear head on the embeddings of one complete cache."""
+    """Linear mode: a linear head on the embeddings of one complete cache. `batch`: how many runs of a
+    grid or work unit the batched engine steps together (`embedcache.engine`); 1 runs them one by one
+    through the single-run loop. `in_memory`: load the features into memory as float32 (fastest), or,
+    False, leave them on disk and stream the pool from the cache every round (pools larger than memory:
+    only the labelled rows, the evaluation rows and the statistics are held; records agree with the
+    in-memory ones up to ties)."""
 
     cache: Path
     learner: LinearConfig = LinearConfig()
+    batch: int = BATCH
+    in_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"must be a positive integer (1 runs one run at a time), got {self.batch!r}",
+                              param="batch")
 
     def open(self, learners: bool = True) -> Session:
         """The cache's metadata, and its features in memory for the learners; without `learners`
-        (the parent of worker processes) the features stay on disk and are checked a block at a time."""
+        (the parent of worker processes), or not `in_memory`, the features stay on disk and are checked
+        a block at a time (and streamed by the learners)."""
         with EmbeddingCache(self.cache) as cache:
             cache.require_complete()
             metadata = cache.metadata()
             source = Source(cache.fingerprint, cache.dataset.get("manifest_sha256") or metadata.fingerprint(),
                             recipe_label(cache.recipe), str(Path(self.cache).resolve()), cache.dataset)
-            features = cache.embeddings(dtype=np.float32) if learners else None
+            features = cache.embeddings(dtype=np.float32) if learners and self.in_memory else None
         ranker = RankerCapabilities.of_class(LinearLearner)
-        if features is None:
-            return Session(metadata, source, self.learner.describe(), ranker, None,
-                           functools.partial(_nonfinite_in_cache, Path(self.cache)))
+        on_disk = functools.partial(_nonfinite_in_cache, Path(self.cache))
+        if not learners:
+            return Session(metadata, source, self.learner.describe(), ranker, None, on_disk)
         num_classes, config = metadata.num_classes, self.learner
-        return Session(metadata, source, config.describe(), ranker,
-                       lambda: LinearLearner(features, num_classes, config),
-                       lambda rows: _nonfinite(_blocks(features, rows)))
+        streamed = EmbeddingCache(self.cache) if features is None else None
+
+        def make_learner():
+            return LinearLearner(features if streamed is None else streamed, num_classes, config)
+
+        return Session(metadata, source, config.describe(), ranker, make_learner,
+                       on_disk if streamed is not None else (lambda rows: _nonfinite(_blocks(features, rows))),
+                       close=streamed.close if streamed is not None else (lambda: None),
+                       run_batch=lambda runs, on_round: run_batch(runs, make_learner, on_round), batch_size=self.batch)
 
 
 def aligned_features(cache_path: str | Path, metadata: Metadata) -> tuple[np.ndarray, dict]:
@@ -273,10 +313,9 @@ def run_grid(experiment, protocol: Protocol, strategies: Sequence[str], seeds: S
             if run.complete:
                 done(run.existing)
         if not parallel:
-            for run in todo:
-                report = None if on_round is None else (
-                    lambda record, n_rounds, s=run.strategy, q=run.seed: on_round(s, q, record, n_rounds))
-                done(execute(run, session.make_learner(), report))
+            report = None if on_round is None else (
+                lambda run, record, n_rounds: on_round(run.strategy, run.seed, record, n_rounds))
+            session.run_all(todo, report, done)
             return finished
         left = [RunSpec(protocol, run.strategy, run.seed, str(out_dir)) for run in todo]
     finally:

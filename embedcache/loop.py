@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from embedcache.errors import CacheError, ConfigError
+from embedcache.faults import crash_point
 from embedcache.learners.base import ChecksFeatures, Learner, RankerCapabilities
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
@@ -230,58 +231,147 @@ def execute(planned: PlannedRun, learner: Learner, on_round: OnRound | None = No
     return read_run(planned.path)
 
 
-def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_round: OnRound | None) -> None:
-    plan, seed, seed_rows = planned.plan, planned.seed, planned.seed_rows
-    protocol, metadata = plan.protocol, plan.metadata
-    chooser = create_strategy(planned.strategy)
-    labels = metadata.label
-    schedule = protocol.schedule()
-    row_of = {i: r for r, i in enumerate(metadata.ids)}
-    labeled = [seed_rows] + [np.array([row_of[i] for i in r.acquired.ids], dtype=np.int64) for r in writer.rounds]
-    stop_rows = stop_set(plan.pool, writer.header.stop_set_size, seed)  # the record's: none in an older one
-    learner.prepare(plan.pool, {**plan.evaluation, STOP_SET: stop_rows} if len(stop_rows) else plan.evaluation)
-    if learner.warm_start:  # rebuild the warm-start chain the finished rounds left
-        for r in range(len(writer.rounds)):
-            rows = np.concatenate(labeled[:r + 1])
-            learner.fit(rows, labels[rows])
-    previous = None  # the last round's predictions on the stop set
-    if len(stop_rows) and writer.rounds:
-        if not learner.warm_start:  # the last finished round's model, fitted again
-            rows = np.concatenate(labeled[:len(writer.rounds)])
-            learner.fit(rows, labels[rows])
-        previous = learner.predict_proba(stop_rows).argmax(axis=1)
-    is_labeled = np.zeros(len(metadata), dtype=bool)
-    for rows in labeled:
-        is_labeled[rows] = True
-    for r in range(len(writer.rounds), protocol.n_rounds):
-        started = time.perf_counter()
-        rows = np.concatenate(labeled)
-        learner.fit(rows, labels[rows])
-        last = r == protocol.n_rounds - 1
-        metrics = {}
-        if r % protocol.eval_every == 0 or last:
-            for split, eval_rows in plan.evaluation.items():
-                predicted = learner.predict_proba(eval_rows).argmax(axis=1)
-                metrics[split] = SplitMetrics.from_dict(evaluate(labels[eval_rows], predicted,
-                                                                 plan.evaluation_metadata[split], protocol.evaluation),
-                                                        f"metrics.{split}")
+class RunState:
+    """One run between rounds: the rows labelled so far and the record it appends to. The single-run
+    loop and the batched engine (`embedcache.engine`) both step a run through it, so a round's
+    record is made in one place (`finish_round`) whichever path fitted, evaluated and ranked."""
+
+    def __init__(self, planned: PlannedRun, writer: RunWriter):
+        self.planned, self.writer = planned, writer
+        self.plan, self.seed = planned.plan, planned.seed
+        self.protocol = self.plan.protocol
+        self.chooser = create_strategy(planned.strategy)
+        self.schedule = self.protocol.schedule()
+        metadata = self.plan.metadata
+        row_of = {i: r for r, i in enumerate(metadata.ids)} if writer.rounds else {}  # only to resume
+        self.labeled = [planned.seed_rows] + [np.array([row_of[i] for i in r.acquired.ids], dtype=np.int64)
+                                              for r in writer.rounds]
+        self.is_labeled = np.zeros(len(metadata), dtype=bool)
+        for rows in self.labeled:
+            self.is_labeled[rows] = True
+        self.round = len(writer.rounds)
+        self.stop_rows = stop_set(self.plan.pool, writer.header.stop_set_size, self.seed)  # none in older records
+        self.previous: np.ndarray | None = None  # the last round's predicted classes on the stop set
+
+    @property
+    def done(self) -> bool:
+        return self.round >= self.protocol.n_rounds
+
+    @property
+    def last(self) -> bool:
+        return self.round == self.protocol.n_rounds - 1
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this round evaluates the protocol's splits."""
+        return self.round % self.protocol.eval_every == 0 or self.last
+
+    @property
+    def k(self) -> int:
+        return self.schedule[self.round]
+
+    @property
+    def tie_seed(self) -> int:
+        return _round_seed(self.seed, self.round)
+
+    def evaluation(self) -> dict[str, np.ndarray]:
+        """The rows the run predicts every round: the evaluation splits and the stop set."""
+        evaluation = self.plan.evaluation
+        return {**evaluation, STOP_SET: self.stop_rows} if len(self.stop_rows) else evaluation
+
+    def replay(self, learner: Learner) -> None:
+        """Rebuild what the finished rounds left, so a resumed run continues as an uninterrupted one: the
+        warm-start chain, and the last finished round's predictions on the stop set."""
+        labels = self.plan.metadata.label
+        if learner.warm_start:
+            for r in range(self.round):
+                rows = np.concatenate(self.labeled[:r + 1])
+                learner.fit(rows, labels[rows])
+        if len(self.stop_rows) and self.round:
+            if not learner.warm_start:  # the last finished round's model, fitted again
+                rows = np.concatenate(self.labeled[:self.round])
+                learner.fit(rows, labels[rows])
+            self.previous = learner.predict_proba(self.stop_rows).argmax(axis=1)
+
+    def stop_set_proba(self, learner: Learner) -> np.ndarray | None:
+        """The fitted learner's probabilities on the stop set (None when the run has none)."""
+        return learner.predict_proba(self.stop_rows) if len(self.stop_rows) else None
+
+    def labelled_rows(self) -> np.ndarray:
+        """The rows labelled so far: the seed set, then each round's acquisitions in order."""
+        return np.concatenate(self.labeled)
+
+    def fit(self, learner: Learner) -> np.ndarray:
+        """Fit `learner` on the rows labelled so far; those rows."""
+        rows = self.labelled_rows()
+        learner.fit(rows, self.plan.metadata.label[rows])
+        return rows
+
+    def candidates(self) -> np.ndarray | None:
+        """The unlabelled rows this round may acquire from (a fresh subsample when the protocol has a
+        `pool_size`); None in the last round, which acquires nothing."""
+        if self.last:
+            return None
+        plan = self.plan
+        candidates = plan.pool[~self.is_labeled[plan.pool]]
+        if self.protocol.pool_size is not None and self.protocol.pool_size < len(candidates):
+            candidates = np.sort(_rng(self.seed, "pool", self.round).choice(candidates, self.protocol.pool_size,
+                                                                          replace=False))
+        return candidates
+
+    def select(self, learner: Learner, candidates: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The strategy's choice among `candidates` (`rows`: the labelled rows the learner was fitted on)."""
+        return self.chooser.select(learner.ranker, candidates, rows, self.k, self.tie_seed)
+
+    def finish_round(self, learner: Learner, rows: np.ndarray, predicted: dict[str, np.ndarray],
+                     stop_proba: np.ndarray | None, candidates: np.ndarray | None, chosen: np.ndarray,
+                     scores: np.ndarray, seconds: float) -> RoundRecord:
+        """Turn a fitted learner's outputs into this round's record and write it: `predicted` the class
+        predicted for each evaluation split's rows (empty when the round does not evaluate), `stop_proba`
+        its probabilities on the stop set (`stop_set_proba`), `chosen` and `scores` the acquisition among
+        `candidates` (None in the last round); `seconds` the round's time."""
+        plan, protocol, metadata = self.plan, self.protocol, self.plan.metadata
+        labels = metadata.label
+        metrics = {split: SplitMetrics.from_dict(evaluate(labels[plan.evaluation[split]], predicted[split],
+                                                          plan.evaluation_metadata[split], protocol.evaluation),
+                                                 f"metrics.{split}")
+                   for split in plan.evaluation if split in predicted}
         training = Training.from_dict(dict(learner.training_))
         stopping = None
-        if len(stop_rows):
-            stopping, previous = measure(learner.predict_proba(stop_rows), previous)
-        chosen, scores, pool_size = np.zeros(0, dtype=np.int64), np.zeros(0), 0
-        if not last:
-            candidates = plan.pool[~is_labeled[plan.pool]]
-            if protocol.pool_size is not None and protocol.pool_size < len(candidates):
-                candidates = np.sort(_rng(seed, "pool", r).choice(candidates, protocol.pool_size, replace=False))
-            pool_size = len(candidates)
-            chosen, scores = chooser.select(learner.ranker, candidates, rows, schedule[r], _round_seed(seed, r))
-            is_labeled[chosen] = True
-            labeled.append(np.asarray(chosen, dtype=np.int64))
+        if stop_proba is not None:
+            stopping, self.previous = measure(stop_proba, self.previous)
+        chosen = np.asarray(chosen, dtype=np.int64)
+        if candidates is not None:
+            self.is_labeled[chosen] = True
+            self.labeled.append(chosen)
         acquired = Acquisition(metadata.ids[chosen].tolist(), np.asarray(scores, float).tolist(),
                                plan.group_values(chosen))
-        record = RoundRecord(r, int(len(rows)), metrics, training, acquired, int(pool_size),
-                             time.perf_counter() - started, stopping)
-        writer.write_round(record)
+        record = RoundRecord(self.round, int(len(rows)), metrics, training, acquired,
+                             0 if candidates is None else int(len(candidates)), seconds, stopping)
+        self.writer.write_round(record)
+        self.round += 1
+        crash_point("loop.round-written")
+        return record
+
+
+def predicted_classes(learner: Learner, plan: Plan) -> dict[str, np.ndarray]:
+    """The class `learner` predicts for every row of each evaluation split."""
+    return {split: learner.predict_proba(rows).argmax(axis=1) for split, rows in plan.evaluation.items()}
+
+
+def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_round: OnRound | None) -> None:
+    state = RunState(planned, writer)
+    learner.prepare(planned.plan.pool, state.evaluation())
+    state.replay(learner)
+    while not state.done:
+        started = time.perf_counter()
+        rows = state.fit(learner)
+        predicted = predicted_classes(learner, state.plan) if state.evaluates else {}
+        stop_proba = state.stop_set_proba(learner)
+        candidates = state.candidates()
+        chosen, scores = (np.zeros(0, dtype=np.int64), np.zeros(0)) if candidates is None else \
+            state.select(learner, candidates, rows)
+        record = state.finish_round(learner, rows, predicted, stop_proba, candidates, chosen, scores,
+                                    time.perf_counter() - started)
         if on_round is not None:
-            on_round(record, protocol.n_rounds)
+            on_round(record, state.protocol.n_rounds)

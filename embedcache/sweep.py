@@ -15,7 +15,9 @@ The plan file (TOML), every path in it relative to the file's folder:
     [vary]                                     # each key: a list of values, one grid cell per combination
     per_round = [5, [5, 5, 10, 20]]            # a schedule is itself a list
 
-    [linear]                                   # the linear head: C, standardize, solver, device
+    [linear]                                   # the linear head: C, standardize, solver, device; batch (runs
+                                               # the batched engine steps together, 1: one at a time);
+                                               # in_memory = false streams the pool from the cache
     C = 1.0
 
     [executor]
@@ -56,7 +58,7 @@ from typing import Any, Callable, Sequence
 from embedcache.strategies import STRATEGIES
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.executors import EXECUTORS, Executor, RunSpec, create_executor, run_units, work_units
-from embedcache.experiments import FinetuneExperiment, LinearExperiment, Session, parse_seeds, plan_runs
+from embedcache.experiments import BATCH, FinetuneExperiment, LinearExperiment, Session, parse_seeds, plan_runs
 from embedcache.learners.finetune import FinetuneOptions
 from embedcache.learners.linear import LinearConfig
 from embedcache.loop import PlannedRun
@@ -75,7 +77,8 @@ PROTOCOL_FIELDS: dict[str, tuple[type, ...]] = {
     "pool_split": (str,), "eval_splits": (list,), "eval_every": (int,), "groups": (list,), "worst_group": (str,),
     "metrics": (list,), "percentiles": (list,), "stop_set_size": (int,)}
 LINEAR_FIELDS: dict[str, tuple[type, ...]] = {"C": (float, int), "standardize": (bool,), "solver": (str,),
-                                              "device": (str,)}
+                                              "device": (str,), "batch": (int,),
+                                              "in_memory": (bool,)}
 FINETUNE_FIELDS: dict[str, tuple[type, ...]] = {
     "recipe": (dict,), "device": (str,), "amp": (str,), "micro_batch": (int,), "eval_batch_size": (int,),
     "workers": (int,), "train_seed": (int,)}
@@ -327,7 +330,8 @@ def _protocol(preset: Protocol, overrides: dict, where: _Where) -> Protocol:
 
 def _linear(table: dict, where: _Where) -> LinearConfig:
     try:
-        return LinearConfig(**{k: float(v) if k == "C" else v for k, v in table.items()})
+        return LinearConfig(**{k: float(v) if k == "C" else v for k, v in table.items()
+                               if k not in ("batch", "in_memory")})
     except ConfigError as e:
         raise where.error("[linear]", str(e)) from None
 
@@ -362,7 +366,11 @@ def _caches(entries: list, base: Path, where: _Where, linear_table: dict) -> lis
     if len(set(stems)) < len(stems):  # same file names in several folders: name them by their path
         common = Path(os.path.commonpath([p.parent for p in paths]))
         stems = [str(p.relative_to(common).with_suffix("")).replace(os.sep, "-") for p in paths]
-    return [Features(stem, LinearExperiment(p, config)) for stem, p in zip(stems, paths)]
+    batch, in_memory = linear_table.get("batch", BATCH), linear_table.get("in_memory", True)
+    try:
+        return [Features(stem, LinearExperiment(p, config, batch, in_memory)) for stem, p in zip(stems, paths)]
+    except ConfigError as e:
+        raise where.error("[linear] batch", str(e)) from None
 
 
 def _datasets(entries: list, base: Path, where: _Where, finetune_table: dict) -> list[Features]:

@@ -2,9 +2,11 @@
 
 `score_topk(X, W, b, strategy, k, ...)` ranks a pool (numpy, torch, CuPy or a streamed
 `EmbeddingCache`) without materialising its [N, C] probabilities; `predict_proba` and
-`predict_logits` give its arithmetic for evaluation and for the unfused acquisition path.
+`predict_logits` give its arithmetic for evaluation and for the unfused acquisition path;
+`score_topk_many` and `predict_many` do the same for several heads in one pass over the pool.
 """
 
-from embedcache.kernels.scorer import BACKENDS, predict_logits, predict_proba, score_topk
+from embedcache.kernels.scorer import (BACKENDS, predict_logits, predict_many, predict_proba, score_topk,
+                                      score_topk_many)
 
-__all__ = ["BACKENDS", "predict_logits", "predict_proba", "score_topk"]
+__all__ = ["BACKENDS", "predict_logits", "predict_many", "predict_proba", "score_topk", "score_topk_many"]

@@ -190,3 +190,94 @@ def predict(pool: Pool, head: LinearHead, rows: np.ndarray | None, chunk_rows: i
         out[:, slice(start, stop) if order is None else order[start:stop]] = values
         start = stop
     return out.T
+
+
+@dataclasses.dataclass(frozen=True)
+class Heads:
+    """Several heads applied to each chunk of a pool that is read once for all of them.
+
+    Per head (`stack=False`), each head's logits are its own product, the very call `score_topk` makes,
+    so each head's results are those of scoring it alone with the same chunking, bit for bit. Stacked
+    (`stack=True`), the heads' columns go side by side into one product per chunk (one GEMM instead of
+    one GEMV-like product each), leaving out columns that are zero with a zero bias (a binary head's
+    constant class) and restoring them as exact zeros; a product of another shape sums in another
+    order, so results then agree with scoring each head alone up to ties."""
+
+    heads: tuple[LinearHead, ...]
+    stack: bool = False
+
+    @functools.cached_property
+    def _stacked(self) -> tuple[LinearHead, list[np.ndarray], list[int]]:
+        live = [~((h.weight == 0).all(axis=0) & (h.bias == 0)) for h in self.heads]
+        counts = [int(m.sum()) for m in live]
+        offsets = [int(o) for o in np.cumsum([0, *counts])[:-1]]
+        weight = np.concatenate([h.weight[:, m] for h, m in zip(self.heads, live)], axis=1)
+        bias = np.concatenate([h.bias[m] for h, m in zip(self.heads, live)])
+        return LinearHead(np.ascontiguousarray(weight), np.ascontiguousarray(bias)), live, offsets
+
+    def logits_t(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each head's class-major float32 logits [C, m] of the rows of x."""
+        if not self.stack:
+            return [head.logits_t(x) for head in self.heads]
+        stacked, live, offsets = self._stacked
+        product = stacked.logits_t(x) if stacked.num_classes else None
+        result = []
+        for head, columns, offset in zip(self.heads, live, offsets):
+            logits = np.zeros((head.num_classes, len(x)), dtype=np.float32)
+            logits[columns] = product[offset:offset + int(columns.sum())]
+            result.append(logits)
+        return result
+
+
+def score_topk_many(pool: Pool, heads: Heads, strategies: list[str], ks: list[int],
+                    excludes: list[np.ndarray | None], seeds: list[int], rows: np.ndarray | None, chunk_rows: int,
+                    threads: int, keys: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`score_topk` for several heads over one pass of the pool: per chunk each head's logits (`Heads`),
+    then its scores, exclusions, running top-k and tie rule exactly as `score_topk` applies them."""
+    count = len(strategies)
+    floors = [-np.inf] * count
+
+    def best_of_chunk(index, block):
+        results = []
+        for i, logits in enumerate(heads.logits_t(block)):
+            strategy, exclude = strategies[i], excludes[i]
+            scores = LOGIT_SCORES[strategy](logits.T) if strategy in LOGIT_SCORES else \
+                PROBABILITY_SCORES[strategy](softmax_t_(logits).T)
+            keep = np.ones(len(index), dtype=bool) if exclude is None else ~exclude[index]
+            finite = np.isfinite(scores)
+            if not finite[keep].all():
+                raise non_finite(index[keep & ~finite])
+            keep &= scores >= floors[i]
+            kept = index[keep]
+            results.append(top_k(scores[keep], kept, ks[i], seeds[i], None if keys is None else keys[kept]))
+        return results
+
+    best = [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in range(count)]
+    for chunk in map_chunks(pool, rows, chunk_rows, best_of_chunk, threads):
+        for i, (chunk_rows_, chunk_scores_) in enumerate(chunk):
+            merged = np.concatenate([best[i][0], chunk_rows_])
+            best[i] = top_k(np.concatenate([best[i][1], chunk_scores_]), merged, ks[i], seeds[i],
+                            None if keys is None else keys[merged])
+            if len(best[i][0]) == ks[i]:
+                floors[i] = best[i][1][-1]
+    return best
+
+
+def predict_many(pool: Pool, heads: Heads, rows: np.ndarray | None, chunk_rows: int, threads: int,
+                 proba: bool) -> list[np.ndarray]:
+    """`predict` for several heads over one pass of the pool: each head's [n, C] logits or probabilities."""
+    n = pool.n_rows if rows is None else len(rows)
+    outs = [np.empty((h.num_classes, n), dtype=np.float32) for h in heads.heads]
+    order = None if rows is None else np.argsort(rows, kind="stable")
+
+    def compute(index, block):
+        return [softmax_t_(logits) if proba else logits for logits in heads.logits_t(block)]
+
+    start = 0
+    for values in map_chunks(pool, None if rows is None else rows[order], chunk_rows, compute, threads):
+        stop = start + values[0].shape[1]
+        where = slice(start, stop) if order is None else order[start:stop]
+        for out, value in zip(outs, values):
+            out[:, where] = value
+        start = stop
+    return [out.T for out in outs]

@@ -8,7 +8,7 @@ agree up to ties (the determinism contract: kernels/README.md).
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -123,3 +123,61 @@ def predict_logits(X: Any, W: Any, b: Any, rows: Any = None, chunk_rows: int | N
                    threads: int | None = None) -> np.ndarray:
     """Logits X[rows] @ W + b, float32 [n, C], with the arithmetic of `predict_proba`."""
     return _predict(X, W, b, rows, chunk_rows, threads, proba=False)
+
+
+def _heads(heads: Sequence[tuple[Any, Any]], dim: int, stack: bool) -> cpu.Heads:
+    if not heads:
+        raise ConfigError("heads must name at least one (W, b) pair")
+    return cpu.Heads(tuple(cpu.LinearHead.from_arrays(W, b, dim) for W, b in heads), bool(stack))
+
+
+def score_topk_many(X: Any, heads: Sequence[tuple[Any, Any]], strategies: Sequence[str], ks: Sequence[int], *,
+                    excludes: Sequence[Any] | None = None, seeds: Sequence[int] | None = None, rows: Any = None,
+                    chunk_rows: int | None = None, threads: int | None = None, tie_keys: Any = None,
+                    stack: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`score_topk` for several heads (W, b) at once, reading X once, chunk by chunk (CPU). Head i is
+    ranked with `strategies[i]`, `ks[i]`, `excludes[i]` and `seeds[i]`. Each head's product is its own
+    by default, and its result is `score_topk(X, *heads[i], ..., exclude=excludes[i])`'s bit for bit
+    (same chunks, same calls); with `stack` the heads' columns form one product per chunk (faster for
+    many heads) and results agree with `score_topk`'s up to ties (the determinism contract,
+    kernels/README.md)."""
+    count = len(heads)
+    excludes = list(excludes) if excludes is not None else [None] * count
+    seeds = [int(s) for s in seeds] if seeds is not None else [0] * count
+    if not len(strategies) == len(ks) == len(excludes) == len(seeds) == count:
+        raise ConfigError(f"{count} heads need as many strategies, ks, excludes and seeds")
+    for strategy in strategies:
+        if strategy not in UNCERTAINTY_SCORES:
+            raise ConfigError(f"unknown strategy {strategy!r}; the scorer knows {list(UNCERTAINTY_SCORES)}")
+    ks = [_positive(k, "k") for k in ks]
+    if None in ks:
+        raise ConfigError("k must be a positive integer, got None")
+    threads = _positive(threads, "threads") or cpu.default_threads()
+    pool = as_pool(X)
+    stacked = _heads(heads, pool.dim, stack)
+    rows = check_rows(rows, pool.n_rows)
+    excludes = [check_exclude(e, pool.n_rows) for e in excludes]
+    if rows is not None:
+        rows = np.sort(rows)
+    if tie_keys is not None:
+        tie_keys = np.asarray(tie_keys, dtype=np.int64)
+        if tie_keys.shape != (pool.n_rows,):
+            raise ConfigError(f"tie_keys must be {pool.n_rows} integers, one per row of X; got {tie_keys.shape}")
+    chunk_rows = _positive(chunk_rows, "chunk_rows") or cpu.default_chunk_rows(
+        pool.dim, pool.dtype.itemsize, pool.n_rows if rows is None else len(rows), threads)
+    return cpu.score_topk_many(pool, stacked, list(strategies), ks, excludes, seeds, rows, chunk_rows, threads,
+                               tie_keys)
+
+
+def predict_many(X: Any, heads: Sequence[tuple[Any, Any]], rows: Any = None, proba: bool = True,
+                 chunk_rows: int | None = None, threads: int | None = None, stack: bool = False) -> list[np.ndarray]:
+    """`predict_proba` (or, with proba=False, `predict_logits`) for several heads at once, reading X
+    once: each [n, C] result is the single head's bit for bit, or with `stack` (see `score_topk_many`)
+    within the contract's tolerance."""
+    pool = as_pool(X)
+    stacked = _heads(heads, pool.dim, stack)
+    threads = _positive(threads, "threads") or cpu.default_threads()
+    rows = check_rows(rows, pool.n_rows)
+    chunk_rows = _positive(chunk_rows, "chunk_rows") or cpu.default_chunk_rows(
+        pool.dim, pool.dtype.itemsize, pool.n_rows if rows is None else len(rows), threads)
+    return cpu.predict_many(pool, stacked, rows, chunk_rows, threads, proba)

@@ -21,7 +21,8 @@ LAYERS = (
     ("embedcache.sweep",),  # a plan of many grids
     ("embedcache.experiments", "embedcache.analysis", "embedcache.sharded_extract"),  # many runs; what is learnt
     # from their records; an extraction split into tasks
-    ("embedcache.executors",),  # where runs and tasks execute: this process, worker processes, Ray
+    ("embedcache.executors", "embedcache.engine"),  # where runs and tasks execute: this process, worker processes,
+    # Ray; linear runs of one cache stepped together
     ("embedcache.loop", "embedcache.workflow"),  # one simulated AL run; AL on your own unlabelled data
     ("embedcache.strategies",),  # which examples to label next
     ("embedcache.learners", "embedcache.extract", "embedcache.importer"),  # learn from / write features

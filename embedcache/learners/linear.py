@@ -34,6 +34,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from embedcache.cache import EmbeddingCache
 from embedcache.errors import ConfigError
 from embedcache.learners.base import BaseLearner, fit_arguments, register_learner
 from embedcache.scoring import LOGIT_SCORES, PROBABILITY_SCORES, top_k
@@ -114,7 +115,10 @@ def _append_rows(buffer: torch.Tensor | None, used: int, rows: torch.Tensor) -> 
 class LinearLearner(BaseLearner):
     """Logistic regression on rows of a feature matrix: `fit(rows, y)` / `predict_proba(rows)`.
 
-    `features` is the whole cache's `[N, D]` matrix; rows are indices into it. After `fit`,
+    `features` is the whole cache's `[N, D]` matrix, or an open `EmbeddingCache` to stream it from
+    (pools larger than memory: each round scores the pool a block at a time through the fused scorer,
+    and only the labelled rows, the evaluation rows and the statistics are held); rows are indices into
+    it. After `fit`,
     `coef_` `[D, C']` and `intercept_` `[C']` act on raw (unstandardised) features, `classes_`
     lists the classes fitted, and `training_` holds the facts the run records keep.
     """
@@ -123,8 +127,11 @@ class LinearLearner(BaseLearner):
         self.config = config or LinearConfig()
         self.num_classes = int(num_classes)
         self.device = torch.device(self.config.device)
-        self.features = torch.as_tensor(features).to(self.device, torch.float32)
-        self._mean = torch.zeros(self.features.shape[1], dtype=torch.float64, device=self.device)
+        self.streamed = isinstance(features, EmbeddingCache)
+        self.features = features if self.streamed else torch.as_tensor(features).to(self.device, torch.float32)
+        self.dim = int(self.features.shape[1]) if not self.streamed else features.dim
+        self.n_rows = int(self.features.shape[0]) if not self.streamed else features.n_rows
+        self._mean = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         self._scale = torch.ones_like(self._mean)
         self._stats_ready = not self.config.standardize
         self._pool: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None  # rows, row → position, block
@@ -140,6 +147,10 @@ class LinearLearner(BaseLearner):
         """The rows among `rows` whose features hold NaN or infinite values (checked in blocks)."""
         rows = np.asarray(rows, dtype=np.int64)
         bad = [rows[:0]]
+        if self.streamed:
+            for part, block in self.features.iter_chunks(rows):
+                bad.append(part[~np.isfinite(block).all(axis=1)])
+            return np.sort(np.concatenate(bad))
         for start in range(0, len(rows), _FINITE_CHECK_ROWS):
             part = rows[start:start + _FINITE_CHECK_ROWS]
             if self.device.type == "cpu":  # numpy gathers and checks some 30x faster than torch on CPU
@@ -151,20 +162,63 @@ class LinearLearner(BaseLearner):
 
     def prepare(self, pool: np.ndarray, evaluation: dict[str, np.ndarray]) -> None:
         """Called once by the loop: standardisation statistics from the pool's features, and
-        contiguous copies of the pool and evaluation rows, so rounds read them without gathering."""
-        def block(rows):
-            return self.features[torch.as_tensor(rows, device=self.device)]
-
+        contiguous copies of the pool and evaluation rows, so rounds read them without gathering (a
+        streamed pool stays on disk: its statistics come from one pass over it, and rounds stream it)."""
         pool = np.asarray(pool, dtype=np.int64)
-        position = np.full(len(self.features), -1, dtype=np.int64)
+        position = np.full(self.n_rows, -1, dtype=np.int64)
         position[pool] = np.arange(len(pool))
-        self._pool = (pool, position, block(pool))
-        self._eval = {name: (np.asarray(rows, dtype=np.int64), block(rows)) for name, rows in evaluation.items()}
+        self._pool = (pool, position, self.features if self.streamed else self._gather(pool))
+        self._eval = {name: (np.asarray(rows, dtype=np.int64), self._gather(rows)) for name, rows in evaluation.items()}
         if self.config.standardize:
-            self._set_stats(self._pool[2])
+            self._set_stats(self._pool[2] if not self.streamed else pool)
 
-    def _set_stats(self, x: torch.Tensor) -> None:
-        """Per-feature mean and standard deviation, accumulated in float64 in one pass."""
+    def share_prepared(self, other: "LinearLearner") -> None:
+        """Use the pool and evaluation blocks and statistics `other` prepared (a learner of the same
+        features and config), as `prepare` with the same rows would make them, without a copy: the
+        batched engine's runs of one cache share one."""
+        self._pool, self._eval = other._pool, other._eval
+        self._mean, self._scale, self._stats_ready = other._mean, other._scale, other._stats_ready
+
+    @property
+    def prepared_pool(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor | EmbeddingCache]:
+        """(pool rows, row → position in the block or -1, the block of their features) from `prepare`; the
+        block is the cache itself when the pool is streamed."""
+        return self._pool
+
+    @property
+    def prepared_evaluation(self) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
+        """Per evaluation split: (rows, the block of their features) from `prepare`."""
+        return self._eval
+
+    def expand(self, outputs: np.ndarray, proba: bool = True) -> np.ndarray:
+        """`[n, num_classes]` from the head's `[n, C]` outputs over the fitted classes: absent classes get
+        probability 0 (logit -inf), as `predict_proba` / `predict_logits` give them."""
+        full = np.full((len(outputs), self.num_classes), 0.0 if proba else -np.inf, dtype=np.float32)
+        full[:, self.classes_] = outputs
+        return full
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        """float32 features of `rows`, in the order given (read from the cache when it is streamed)."""
+        if self.streamed:
+            return torch.from_numpy(self.features.embeddings(np.asarray(rows, dtype=np.int64), np.float32))
+        return self.features[torch.as_tensor(rows, device=self.device)]
+
+    def _set_stats(self, x: torch.Tensor | np.ndarray | None) -> None:
+        """Per-feature mean and standard deviation, accumulated in float64 in one pass: over the rows
+        of a block, or, streamed, over the cache's rows `x` (None: all) a block at a time."""
+        if self.streamed:
+            total, squares, count = np.zeros(self.dim), np.zeros(self.dim), 0
+            for _, block in self.features.iter_chunks(x):
+                block = block.astype(np.float32, copy=False)
+                total += block.sum(0, dtype=np.float64)
+                squares += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+                count += len(block)
+            mean = total / count
+            var = squares / count - mean * mean
+            std = torch.from_numpy(np.sqrt(np.maximum(var, 0)))
+            self._mean, self._scale = torch.from_numpy(mean), std.clamp_min(1e-12)
+            self._stats_ready = True
+            return
         if x.device.type == "cpu":  # numpy reduces rows of a C-ordered array 2-3x faster than torch
             a = x.numpy()
             mean = a.mean(0, dtype=np.float64)
@@ -177,17 +231,17 @@ class LinearLearner(BaseLearner):
         self._stats_ready = True
 
     def _standardized(self, rows: np.ndarray) -> torch.Tensor:
-        return (self.features[torch.as_tensor(rows, device=self.device)].to(torch.float64) - self._mean) / self._scale
+        return (self._gather(rows).to(torch.float64) - self._mean) / self._scale
 
     # ------------------------------------------------------------------ fit
     def fit(self, rows: np.ndarray, y: np.ndarray) -> "LinearLearner":
         rows, y = fit_arguments(rows, y, self.num_classes)
         if not self._stats_ready:
-            self._set_stats(self.features)
+            self._set_stats(None if self.streamed else self.features)
         classes = np.unique(y)
         self.classes_ = classes
         if len(classes) == 1:
-            self.coef_ = torch.zeros((self.features.shape[1], 0), dtype=torch.float64, device=self.device)
+            self.coef_ = torch.zeros((self.dim, 0), dtype=torch.float64, device=self.device)
             self.intercept_ = torch.zeros(0, dtype=torch.float64, device=self.device)
             self.training_ = {"steps": 0, "loss_initial": 0.0, "loss_final": 0.0, "stopped_by": "one_class"}
             self._state = None
@@ -197,9 +251,7 @@ class LinearLearner(BaseLearner):
         if binary:
             target = target.to(torch.float64)
         width = 1 if binary else len(classes)
-        solver = self.config.solver
-        if solver == "auto":
-            solver = "newton" if len(rows) * width <= _NEWTON_MAX_VARIABLES else "lbfgs"
+        solver = self._solver(len(rows), len(classes))
         state = self._state
         extends = (state is not None and state["solver"] == solver and np.array_equal(state["classes"], classes)
                    and len(state["rows"]) <= len(rows) and np.array_equal(state["rows"], rows[:len(state["rows"])]))
@@ -211,13 +263,25 @@ class LinearLearner(BaseLearner):
             x = buffer[:len(rows)]
             fit = _fit_newton if solver == "newton" else _fit_lbfgs
             weights, bias, solver_state, facts = fit(x, target, binary, width, self.config, previous)
+            # fold standardisation into the head: logits = raw @ coef + intercept
+            self.coef_ = weights / self._scale[:, None]
+            self.intercept_ = bias - (self._mean / self._scale) @ weights
         self._state = {**solver_state, "solver": solver, "classes": classes, "rows": rows, "buffer": buffer}
-        # fold standardisation into the head: logits = raw @ coef + intercept
-        self.coef_ = weights / self._scale[:, None]
-        self.intercept_ = bias - (self._mean / self._scale) @ weights
         self._head = _softmax_head(self.coef_, self.intercept_)
         self.training_ = facts
         return self
+
+    def _solver(self, n_rows: int, n_classes: int) -> str:
+        width = 1 if n_classes == 2 else n_classes
+        if self.config.solver != "auto":
+            return self.config.solver
+        return "newton" if n_rows * width <= _NEWTON_MAX_VARIABLES else "lbfgs"
+
+    def fits_on_one_thread(self, y: np.ndarray) -> bool:
+        """Whether `fit` on rows labelled `y` runs on one CPU thread throughout (the Newton solver does), so
+        several learners can fit side by side on threads and each give the bits it gives alone."""
+        classes = len(np.unique(y))
+        return self.device.type == "cpu" and (classes < 2 or self._solver(len(y), classes) == "newton")
 
     @property
     def head(self) -> tuple[np.ndarray, np.ndarray]:
@@ -255,7 +319,7 @@ class LinearLearner(BaseLearner):
         """`[n, D]` float32: the vectors the head reads, standardised with the statistics `fit` uses (the
         pool's given to `prepare`, else all rows'; as they are without `standardize`)."""
         if not self._stats_ready:
-            self._set_stats(self.features)
+            self._set_stats(None if self.streamed else self.features)
         return self._standardized(np.ascontiguousarray(rows, dtype=np.int64)).to(torch.float32).cpu().numpy()
 
     def gradient_embedding(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -264,9 +328,30 @@ class LinearLearner(BaseLearner):
         rows = np.asarray(rows, dtype=np.int64)
         residual = self.predict_proba(rows)
         residual[np.arange(len(rows)), residual.argmax(axis=1)] -= 1.0
-        inputs = np.ones((len(rows), self.features.shape[1] + 1), dtype=np.float32)
+        inputs = np.ones((len(rows), self.dim + 1), dtype=np.float32)
         inputs[:, :-1] = self.embed(rows)
         return residual, inputs
+
+    def scores_pool_densely(self, candidates: np.ndarray) -> bool:
+        """Whether `top_k` ranks these candidates by scoring the whole prepared pool with the other rows
+        excluded (most of the pool are candidates), as the batched engine does for many heads at once."""
+        return (self._pool is not None and 2 * len(candidates) >= len(self._pool[0])
+                and bool((self._pool[1][candidates] >= 0).all()))
+
+    def dense_scoring(self, candidates: np.ndarray) -> tuple[object, np.ndarray | None, np.ndarray, np.ndarray | None,
+                                                             np.ndarray | None]:
+        """What ranking `candidates` over the whole prepared pool reads (`scores_pool_densely`): (X, the
+        rows of X to score or None for all, the mask of rows of X never to pick, the tie keys of X's rows or
+        None, the table row of each row of X or None when they are the table's). In memory X is the pool
+        block, streamed the cache."""
+        rows, position, block = self._pool
+        if self.streamed:  # the whole table read in order (contiguous reads) when the pool is most of it
+            exclude = np.ones(self.n_rows, dtype=bool)
+            exclude[candidates] = False
+            return block, None if 2 * len(rows) >= self.n_rows else rows, exclude, None, None
+        exclude = np.ones(len(rows), dtype=bool)
+        exclude[position[candidates]] = False
+        return block, None, exclude, rows, rows
 
     def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The acquisition's fused path: the pool ranked by `embedcache.kernels.score_topk` without
@@ -279,12 +364,17 @@ class LinearLearner(BaseLearner):
             if strategy in LOGIT_SCORES:
                 return top_k(LOGIT_SCORES[strategy](self.predict_logits(candidates)), candidates, k, seed)
             return top_k(PROBABILITY_SCORES[strategy](self.predict_proba(candidates)), candidates, k, seed)
-        if self._pool is not None and (self._pool[1][candidates] >= 0).all():
+        if self.streamed and self.scores_pool_densely(candidates):  # the scoring the batched engine does, one head
+            from embedcache.kernels import score_topk_many
+
+            X, rows, exclude, _, _ = self.dense_scoring(candidates)
+            return score_topk_many(X, [self._head], [strategy], [k], excludes=[exclude], seeds=[seed], rows=rows)[0]
+        if not self.streamed and self._pool is not None and (self._pool[1][candidates] >= 0).all():
             # score the contiguous pool block, the others masked (no gather when most are candidates);
             # ties hash the rows' numbers in the whole table, as scoring it directly would
             rows, position, block = self._pool
             subset = position[candidates]
-            dense = 2 * len(candidates) >= len(rows)
+            dense = self.scores_pool_densely(candidates)
             exclude = None
             if dense:
                 exclude = np.ones(len(rows), dtype=bool)
