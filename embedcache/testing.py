@@ -325,7 +325,7 @@ def _gradient_embedding(self, rows):
 
 def _posterior_proba(self, rows, n_samples, seed):
     noise = np.random.default_rng(seed).normal(size=(n_samples, *self.logits.shape)).astype(np.float32)
-    logits = self.logits[None] + noise[:, rows]
+    logits = self.logits[rows][None] + noise[:, rows]
     shifted = np.exp(logits - logits.max(axis=2, keepdims=True))
     return shifted / shifted.sum(axis=2, keepdims=True)
 
