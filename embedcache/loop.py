@@ -184,9 +184,9 @@ def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str |
     protocol, metadata = plan.protocol, plan.metadata
     if protocol.seed_strategy is not None:
         ranker.require(create_strategy(protocol.seed_strategy).requires & {Capability.EMBED},
-                       f"{protocol.seed_strategy} (seed_strategy)")
+                       protocol.seed_strategy, "seed strategy")
     if protocol.candidates is not None:
-        ranker.require(frozenset({Capability.EMBED}), f"{protocol.candidates} (candidates)")
+        ranker.require(frozenset({Capability.EMBED}), protocol.candidates, "candidate restriction")
     path = record_path(out_dir, strategy, seed)
     existing = read_existing(path)
     if protocol.seed_strategy is None:

@@ -307,24 +307,28 @@ class LinearLearner(BaseLearner):
             samples = laplace_samples(x, weights, bias, self.config.C, n_samples, seed)
         else:
             labels = np.searchsorted(self.classes_, state["labels"])
-            samples = bootstrap_samples(x, labels, self._refit_head, n_samples, seed)
+            samples = bootstrap_samples(x, labels, lambda xs, ys: self._refit_head(xs, ys, (weights, bias)),
+                                        n_samples, seed)
         samples = samples.folded(self._mean.cpu().numpy(), self._scale.cpu().numpy())
         self._posterior = (state, key, samples)
         return samples
 
-    def _refit_head(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(W [D, C'], b [C']) fitted by this learner's solver on standardised features (a bootstrap member)."""
-        target = torch.as_tensor(y, device=self.device)
+    def _refit_head(self, x: np.ndarray, y: np.ndarray, start: tuple[np.ndarray, np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(W [D, C'], b [C']) on standardised features (a bootstrap member), by the solver `fit` would pick:
+        Newton, or L-BFGS from the fitted head `start` (which a resample of the same rows moves little)."""
         binary = len(self.classes_) == 2
         width = 1 if binary else len(self.classes_)
+        target = torch.as_tensor(y, device=self.device)
+        target = target.to(torch.float64) if binary else target
         features = torch.as_tensor(x, dtype=torch.float64, device=self.device)
-        solver = self.config.solver
-        if solver == "auto":
-            solver = "newton" if len(x) * width <= _NEWTON_MAX_VARIABLES else "lbfgs"
-        fit = _fit_newton if solver == "newton" else _fit_lbfgs
-        with _one_thread(self.device) if solver == "newton" else contextlib.nullcontext():
-            weights, bias, _, _ = fit(features, target.to(torch.float64) if binary else target, binary, width,
-                                      self.config, None)
+        if len(x) * width <= _NEWTON_MAX_VARIABLES:
+            with _one_thread(self.device):
+                weights, bias, _, _ = _fit_newton(features, target, binary, width, self.config, None)
+        else:
+            previous = {"weights": torch.as_tensor(start[0], device=self.device),
+                        "bias": torch.as_tensor(start[1], device=self.device)}
+            weights, bias, _, _ = _fit_lbfgs(features, target, binary, width, self.config, previous)
         return weights.cpu().numpy(), bias.cpu().numpy()
 
     def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
