@@ -92,16 +92,20 @@ def finetune_learner(images):
                            2, recipe_, FinetuneOptions(device="cpu", num_workers=0, micro_batch=4))
 
 
-@pytest.mark.parametrize("name", STRATEGIES.names())
-def test_every_strategy_runs_in_finetune_mode(images, finetune_learner, tmp_path, name):
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread than on two (and do not fight parallel tests for cores)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        meta = create_dataset("manifest", images).metadata
-        protocol = get_protocol("custom").replace(seed_size=6, per_round=3, budget=3, groups=("place",))
-        run = run_al(finetune_learner, meta, protocol, name, 0, tmp_path, source=SOURCE)
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_every_strategy_runs_in_finetune_mode(images, finetune_learner, tmp_path, name, one_thread):
+    meta = create_dataset("manifest", images).metadata
+    protocol = get_protocol("custom").replace(seed_size=6, per_round=3, budget=3, groups=("place",))
+    run = run_al(finetune_learner, meta, protocol, name, 0, tmp_path, source=SOURCE)
     assert run.complete and run.header.mode == "finetune" and run.header.strategy == name
     assert len(run.rounds[0].acquired.ids) == 3 and not set(run.rounds[0].acquired.ids) & set(run.header.seed_ids)
 
@@ -258,7 +262,7 @@ def test_knn_candidates_restrict_what_is_scored(small, tmp_path):
     assert run.header.protocol["candidates"] == "knn:3"
 
 
-def test_finetune_cluster_margin_resumes_to_the_same_record(images, finetune_learner, tmp_path):
+def test_finetune_cluster_margin_resumes_to_the_same_record(images, finetune_learner, tmp_path, one_thread):
     meta = create_dataset("manifest", images).metadata
     protocol = get_protocol("custom").replace(seed_size=6, per_round=2, budget=4, groups=("place",))
     whole = run_al(finetune_learner, meta, protocol, "cluster-margin", 0, tmp_path / "whole", source=SOURCE)
@@ -299,3 +303,24 @@ def test_linear_posterior_samples_center_on_the_fit_and_narrow_with_labels():
     assert bootstrap.shape == (4, 100, 2) and np.abs(bootstrap.mean(axis=0) - binary.predict_proba(rows)).mean() < 0.1
     with pytest.raises(ConfigError, match="method: must be auto, laplace or bootstrap"):
         binary.posterior_proba(rows, 5, 0, method="mc-dropout")
+
+
+# ------------------------------------------------------------------------------------ suggest
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_suggest_accepts_every_strategy_and_cold_starts_with_those_needing_no_labels(tmp_path, name):
+    from workflow_helpers import write_pool
+
+    from embedcache.workflow.labels import LabelsFile, read_labels
+    from embedcache.workflow.suggest import suggest
+    from embedcache.workflow.workspace import Workspace
+
+    cache, truth = write_pool(tmp_path / "pool", n=80)
+    labels = LabelsFile(tmp_path / "labels.csv")
+    empty = LabelsFile(tmp_path / "none.csv").read()
+    for example_id in list(truth)[:12]:
+        labels.label(example_id, truth[example_id], "ann")
+    labelled = suggest(Workspace(cache, split="train"), read_labels(tmp_path / "labels.csv"), k=5, strategy=name)
+    assert labelled.strategy == name and len({s.id for s in labelled.suggestions}) == 5
+    cold = suggest(Workspace(cache, split="train"), empty, k=5, strategy=name, seed=1)
+    assert cold.strategy == (name if create_strategy(name).cold_start else "random")
+    assert len({s.id for s in cold.suggestions}) == 5
