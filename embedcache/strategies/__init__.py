@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from embedcache.strategies import families, random_sampling, uncertainty  # noqa: F401  (registration)
 from embedcache.strategies.base import (STRATEGIES, Option, Strategy, StrategySpec, create_strategy, declared_options,
-                                        parse_strategy, strategy_spec)
+                                        parse_strategies, parse_strategy, strategy_spec)
 
-__all__ = ["STRATEGIES", "Option", "Strategy", "StrategySpec", "create_strategy", "declared_options", "parse_strategy",
-           "strategy_spec"]
+__all__ = ["STRATEGIES", "Option", "Strategy", "StrategySpec", "create_strategy", "declared_options", "parse_strategies",
+           "parse_strategy", "strategy_spec"]

@@ -169,6 +169,20 @@ def parse_strategy(text: str) -> StrategySpec:
     return strategy_spec(name.strip(), options)
 
 
+def parse_strategies(text: str) -> list[StrategySpec]:
+    """A comma-separated list of strategies (`random,probcover:delta=0.3,alpha=0.9,margin`): a piece
+    with `=` and no `:` is one more option of the strategy before it."""
+    pieces: list[str] = []
+    for piece in (p.strip() for p in str(text).split(",")):
+        if "=" in piece and ":" not in piece and pieces and ":" in pieces[-1]:
+            pieces[-1] += f",{piece}"
+        elif piece:
+            pieces.append(piece)
+    if not pieces:
+        raise ConfigError(f"{text!r}: name at least one strategy")
+    return [parse_strategy(piece) for piece in pieces]
+
+
 def create_strategy(text: str) -> Strategy:
     """The strategy a spec names (`random`, `least-confidence`, `probcover:delta=0.3`, ...), its options set."""
     spec = parse_strategy(text)
