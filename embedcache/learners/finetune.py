@@ -394,6 +394,8 @@ class FinetuneLearner(BaseLearner):
         else:
             self._eval_transform = self._train_transform = _identity
         self._inputs: dict[int, Any] = {}
+        self._fitted_rows: np.ndarray | None = None  # the labelled rows of the last fit
+        self._posterior: tuple | None = None  # (fitted rows, (n_samples, seed), head samples)
         workers = self.options.num_workers
         if workers is None:  # the processes of a torchrun launch share the CPUs
             workers = default_workers(backbone.modality)
@@ -451,7 +453,7 @@ class FinetuneLearner(BaseLearner):
         from embedcache.learners.posterior import laplace_samples
 
         key = (n_samples, seed)
-        cached = getattr(self, "_posterior", None)
+        cached = self._posterior
         if cached is not None and cached[0] is self._fitted_rows and cached[1] == key:
             return cached[2]
         weight = self.network.head.weight.detach().double().cpu().numpy()  # [C, D]

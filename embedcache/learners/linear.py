@@ -132,6 +132,7 @@ class LinearLearner(BaseLearner):
         self._pool: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None  # rows, row → position, block
         self._eval: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         self._state: dict | None = None  # warm-start state of the last fit
+        self._posterior: tuple | None = None  # (fit state, (n_samples, seed, method), head samples)
         self.warm_start = self.config.warm_start
 
     # ------------------------------------------------------------------ loop hooks
@@ -294,7 +295,7 @@ class LinearLearner(BaseLearner):
         from embedcache.learners.posterior import bootstrap_samples, laplace_samples
 
         key = (n_samples, seed, method)
-        cached = getattr(self, "_posterior", None)
+        cached = self._posterior
         if cached is not None and cached[0] is self._state and cached[1] == key:
             return cached[2]
         state = self._state
