@@ -142,7 +142,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
           f"numpy {np.__version__}, torch {torch.__version__}")
     print(f"waterbirds protocol on {len(pool)} x {args.dim} (+{len(val)} val), {protocol.n_rounds} rounds")
-    print(f"(1) one least-confidence run")
+    print("(1) one least-confidence run")
     print(f"    embedcache (single-run loop)  {best(ours)}   final val acc {our_accuracy:.3f}")
     print(f"    scikit-activeml 1.0.1         {best(theirs)}   final val acc {their_accuracy:.3f}")
     print(f"    scikit-activeml / embedcache  {peer / one:7.1f}x   (goals: <= 0.25 s, >= 25x)")

@@ -90,7 +90,7 @@ def main() -> None:
     if free[where] < need * 1.2:
         rows = int(free[where] / 1.2 / (args.dim * 2)) // BLOCK_ROWS * BLOCK_ROWS
         print(f"only {free[where] / 1e9:.1f} GB free in {where}: measuring {rows:,} rows instead of {args.rows:,}")
-    print(f"free space: " + ", ".join(f"{d} {f / 1e9:.0f} GB" for d, f in free.items()) + f"; cache in {where}")
+    print("free space: " + ", ".join(f"{d} {f / 1e9:.0f} GB" for d, f in free.items()) + f"; cache in {where}")
 
     with tempfile.TemporaryDirectory(dir=where, prefix="embedcache-ooc-") as tmp:
         tmp = Path(tmp)

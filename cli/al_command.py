@@ -60,13 +60,18 @@ def round_line(record: RoundRecord, n_rounds: int, run_name: str) -> str:
     return "  ".join(parts)
 
 
-def _protocol(protocol_name: str, seed_size, seed_balanced, per_round, budget, pool_size, pool_split, eval_splits,
-              eval_every, groups, worst_group, metrics, percentiles, stop_set_size):
+def _protocol(protocol_name: str, seed_size, seed_balanced, seed_strategy, per_round, budget, pool_size, candidates,
+              pool_split, eval_splits, eval_every, groups, worst_group, metrics, percentiles, stop_set_size):
     """The preset with the options given overriding its fields."""
+    from embedcache.errors import ConfigError
     from embedcache.protocols import get_protocol
 
+    if seed_strategy is not None and seed_balanced is not None:
+        raise ConfigError("give it or `seed_balanced`, not both (random and balanced are seed strategies too)",
+                          param="seed_strategy")
     return get_protocol(protocol_name).replace(
-        seed_size=seed_size, seed_balanced=seed_balanced, per_round=_per_round(per_round), budget=budget,
+        seed_size=seed_size, seed_balanced=seed_balanced, seed_strategy=seed_strategy, candidates=candidates,
+        per_round=_per_round(per_round), budget=budget,
         pool_size=pool_size, pool_split=pool_split, eval_splits=tuple(eval_splits) or None, eval_every=eval_every,
         groups=tuple(groups) or None, worst_group=worst_group, metrics=tuple(metrics) or None,
         percentiles=_percentiles(percentiles), stop_set_size=stop_set_size)
@@ -78,10 +83,17 @@ protocol_options = grouped(
     click.option("--seed-size", type=int, help="Labelled examples before the first acquisition."),
     click.option("--seed-balanced/--no-seed-balanced", default=None,
                  help="Draw the seed set with equal counts per class (or uniformly)."),
+    click.option("--seed-strategy", metavar="NAME[:OPTIONS]",
+                 help="How the seed set is chosen: random, balanced (class-balanced: reads the pool's labels), or "
+                      "without labels from the embeddings by typiclust or probcover (options as in --strategy, e.g. "
+                      "probcover:delta=0.3). Default: the protocol's (--seed-balanced)."),
     click.option("--per-round", help="Examples acquired per round, or a schedule such as 5,5,10,20 (last repeats)."),
     click.option("--budget", type=int, help="Examples acquired in total, after the seed set."),
     click.option("--pool-size", type=int,
                  help="Score a fresh random subsample of this many unlabelled examples each round (default: all)."),
+    click.option("--candidates", metavar="knn:K",
+                 help="SEALS: score only the unlabelled examples among the K nearest neighbours of the labelled ones "
+                      "(on the embeddings before the first fit; the whole pool while they are fewer than a batch)."),
     click.option("--pool-split", help="Split the labelled and acquired examples come from (default train)."),
     click.option("--eval-split", "eval_splits", multiple=True, help="Split to evaluate after each round. Repeatable."),
     click.option("--eval-every", type=int, help="Evaluate every N rounds (and always the last)."),

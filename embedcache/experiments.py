@@ -63,13 +63,16 @@ class Session:
     def run_all(self, runs: Sequence[PlannedRun], on_round: OnBatchRound | None = None,
                 done: Callable[[Run], None] = lambda run: None) -> None:
         """Run every planned run in this process, `done(run)` as each finishes: `batch_size` at a time
-        through `run_batch` where the session has it, else one after another through the single-run loop."""
+        through `run_batch` where the session has it, else one after another through the single-run loop.
+        Runs whose seed set a cold-start strategy still has to choose go through the single-run loop."""
+        alone = runs
         if self.run_batch is not None and self.batch_size > 1:
-            for start in range(0, len(runs), self.batch_size):
-                for run in self.run_batch(runs[start:start + self.batch_size], on_round):
+            together = [run for run in runs if run.seed_rows is not None]
+            alone = [run for run in runs if run.seed_rows is None]
+            for start in range(0, len(together), self.batch_size):
+                for run in self.run_batch(together[start:start + self.batch_size], on_round):
                     done(run)
-            return
-        for run in runs:
+        for run in alone:
             report = None if on_round is None else (lambda record, n_rounds, r=run: on_round(r, record, n_rounds))
             done(execute(run, self.make_learner(), report))
 

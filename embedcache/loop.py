@@ -14,6 +14,11 @@ features' finiteness), `plan_run` the strategy (a registered name, and one whose
 learner that ranks the pool offers), the seed set and any record already on disk, all without
 writing; `execute` then takes the record's lock and writes its header and rounds. Strategies see
 `learner.ranker` (the learner itself, or a hybrid's scoring side).
+
+What a run keeps across rounds besides the labelled set is made in `execute`, before the first fit,
+from the run seed: a cold-start seed set (`Protocol.seed_strategy`), the strategy's own state
+(`Strategy.prepare`, e.g. Cluster-Margin's clusters) and SEALS's neighbour index
+(`Protocol.candidates`), so a resumed run rebuilds them exactly.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ import numpy as np
 
 from embedcache.errors import CacheError, ConfigError
 from embedcache.faults import crash_point
-from embedcache.learners.base import ChecksFeatures, Learner, RankerCapabilities
+from embedcache.learners.base import Capability, ChecksFeatures, Learner, RankerCapabilities
 from embedcache.metadata import LABEL, Metadata
 from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
 from embedcache.records import (Acquisition, RoundRecord, Run, RunHeader, RunWriter, Source, SplitMetrics, Training,
                                 check_identity, read_existing, read_run, record_path)
 from embedcache.stopping import measure
-from embedcache.strategies import create_strategy
+from embedcache.strategies import create_strategy, parse_strategy
+from embedcache.strategies.candidates import KnnCandidates
 from embedcache.versions import library_versions
 
 #: on_round(record, n_rounds): called after each round is written.
@@ -172,7 +178,7 @@ class PlannedRun:
     plan: Plan
     strategy: str
     seed: int
-    seed_rows: np.ndarray
+    seed_rows: np.ndarray | None
     header: RunHeader
     path: Path
     existing: Run | None
@@ -184,21 +190,38 @@ class PlannedRun:
 
 def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str | Path, source: Source,
              ranker: RankerCapabilities) -> PlannedRun:
-    """Check one run (its strategy, its seed set) and read its record if there is one: a record of
-    another configuration is refused (RecordError naming the differences); nothing is written, so
-    this works on read-only records. `learner` is the learner's `describe()`, `ranker` what the learner
-    that ranks the pool offers: a strategy needing a capability it lacks is a ConfigError naming both."""
-    ranker.require(create_strategy(strategy).requires, strategy)  # and an unknown name fails here
+    """Check one run (its strategy and options, its seed set) and read its record if there is one: a
+    record of another configuration is refused (RecordError naming the differences); nothing is
+    written, so this works on read-only records. `learner` is the learner's `describe()`, `ranker`
+    what the learner that ranks the pool offers: a strategy (or a cold-start seed strategy, or knn
+    candidates) needing a capability it lacks is a ConfigError naming both. A seed set chosen by a
+    cold-start strategy needs the learner's embeddings, so it is chosen when the run starts
+    (`execute`), or read from the record being resumed (`seed_rows` None until then)."""
+    spec = parse_strategy(strategy)  # an unknown name or option fails here
+    strategy = spec.text
+    ranker.require(create_strategy(strategy).requires, strategy)
     protocol, metadata = plan.protocol, plan.metadata
-    seed_rows = seed_set(metadata.label[plan.pool], plan.pool, protocol.seed_size, protocol.seed_balanced,
-                         _rng(seed, "seed-set"))
+    if protocol.seed_strategy is not None:
+        ranker.require(create_strategy(protocol.seed_strategy).requires & {Capability.EMBED},
+                       protocol.seed_strategy, "seed strategy")
+    if protocol.candidates is not None:
+        ranker.require(frozenset({Capability.EMBED}), protocol.candidates, "candidate restriction")
+    path = record_path(out_dir, strategy, seed)
+    existing = read_existing(path)
+    if protocol.seed_strategy is None:
+        seed_rows = seed_set(metadata.label[plan.pool], plan.pool, protocol.seed_size, protocol.seed_balanced,
+                             _rng(seed, "seed-set"))
+    elif existing is not None:
+        row_of = {i: r for r, i in enumerate(metadata.ids)}
+        seed_rows = np.sort(np.array([row_of[i] for i in existing.header.seed_ids], dtype=np.int64))
+    else:
+        seed_rows = None
     header = RunHeader(
         mode=learner.get("learner", "unknown"), strategy=strategy, seed=int(seed), protocol=protocol.to_dict(),
         learner=learner, source=source if source.data else dataclasses.replace(source, data=metadata.fingerprint()),
-        n_rounds=protocol.n_rounds, seed_ids=metadata.ids[seed_rows].tolist(),
-        seed_groups=plan.group_values(seed_rows), pool_counts=plan.pool_counts(), versions=library_versions())
-    path = record_path(out_dir, strategy, seed)
-    existing = read_existing(path)
+        n_rounds=protocol.n_rounds, seed_ids=[] if seed_rows is None else metadata.ids[seed_rows].tolist(),
+        seed_groups={} if seed_rows is None else plan.group_values(seed_rows), pool_counts=plan.pool_counts(),
+        versions=library_versions(), strategy_options=dict(spec.options))
     if existing is not None:
         check_identity(path, existing.header, header)
     return PlannedRun(plan, strategy, seed, seed_rows, header, path, existing)
@@ -221,14 +244,50 @@ def run_al(learner: Learner, metadata: Metadata, protocol: Protocol, strategy: s
 
 
 def execute(planned: PlannedRun, learner: Learner, on_round: OnRound | None = None) -> Run:
-    """Run a planned run from where its record stands: take the record's lock (refused while another
-    process writes it), write the header if the record has none, then one line per round."""
+    """Run a planned run from where its record stands: prepare the learner (and choose a cold-start
+    seed set), take the record's lock (refused while another process writes it), write the header if
+    the record has none, then one line per round."""
+    learner.prepare(planned.plan.pool, planned.plan.evaluation)
+    if planned.seed_rows is None:
+        planned = _cold_start(planned, learner)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with RunWriter(planned.path, dataclasses.replace(planned.header, created=created)) as writer:
         if writer.complete:  # finished by another process since it was planned
             return read_run(writer.path)
         _run_rounds(planned, learner, writer, on_round)
     return read_run(planned.path)
+
+
+def _cold_start(planned: PlannedRun, learner: Learner) -> PlannedRun:
+    """The run with its seed set chosen by the protocol's cold-start strategy from the embeddings of the
+    pool before any fit (no labels read; the number of classes is known), seeded by the run seed."""
+    plan = planned.plan
+    embeddings = np.ascontiguousarray(learner.ranker.embed(plan.pool), dtype=np.float32)
+    n_classes = len(np.unique(plan.metadata.label[plan.pool]))
+    chooser = create_strategy(plan.protocol.seed_strategy)
+    positions, _ = chooser.seed_set(embeddings, plan.protocol.seed_size, planned.seed, n_classes)
+    rows = np.sort(plan.pool[np.asarray(positions, dtype=np.int64)])
+    header = dataclasses.replace(planned.header, seed_ids=plan.metadata.ids[rows].tolist(),
+                                 seed_groups=plan.group_values(rows))
+    return dataclasses.replace(planned, seed_rows=rows, header=header)
+
+
+class _KnnCandidates:
+    """SEALS's candidate restriction over the pool, on the embeddings before the first fit: grown by the
+    seed set and then by each round's batch, in that order (a resumed run replays the same growth)."""
+
+    def __init__(self, learner: Learner, pool: np.ndarray, n_neighbors: int):
+        self.pool = pool
+        embeddings = np.ascontiguousarray(learner.ranker.embed(pool), dtype=np.float32)
+        self.index = KnnCandidates(embeddings, np.arange(len(pool)), n_neighbors, device="auto")
+
+    def add(self, rows: np.ndarray) -> None:
+        self.index.add_labelled(np.searchsorted(self.pool, rows))
+
+    def restrict(self, candidates: np.ndarray, k: int) -> np.ndarray:
+        """The candidates among the neighbours; all of them while the neighbours are fewer than the batch."""
+        near = np.intersect1d(self.pool[self.index.candidates()], candidates)
+        return near if len(near) >= k else candidates
 
 
 class RunState:
@@ -252,6 +311,7 @@ class RunState:
         self.round = len(writer.rounds)
         self.stop_rows = stop_set(self.plan.pool, writer.header.stop_set_size, self.seed)  # none in older records
         self.previous: np.ndarray | None = None  # the last round's predicted classes on the stop set
+        self.knn: _KnnCandidates | None = None
 
     @property
     def done(self) -> bool:
@@ -279,9 +339,16 @@ class RunState:
         evaluation = self.plan.evaluation
         return {**evaluation, STOP_SET: self.stop_rows} if len(self.stop_rows) else evaluation
 
-    def replay(self, learner: Learner) -> None:
-        """Rebuild what the finished rounds left, so a resumed run continues as an uninterrupted one: the
-        warm-start chain, and the last finished round's predictions on the stop set."""
+    def start(self, learner: Learner) -> None:
+        """Before the first round this process runs (the learner prepared): the strategy's per-run state and the
+        SEALS candidate index, made before any fit so they are the same whether resumed or not; then rebuild
+        what the finished rounds left, so a resumed run continues as an uninterrupted one: the warm-start chain,
+        and the last finished round's predictions on the stop set."""
+        self.chooser.prepare(learner.ranker, self.plan.pool, self.seed)
+        if self.protocol.knn_candidates is not None:
+            self.knn = _KnnCandidates(learner, self.plan.pool, self.protocol.knn_candidates)
+            for rows in self.labeled:
+                self.knn.add(rows)
         labels = self.plan.metadata.label
         if learner.warm_start:
             for r in range(self.round):
@@ -314,6 +381,8 @@ class RunState:
             return None
         plan = self.plan
         candidates = plan.pool[~self.is_labeled[plan.pool]]
+        if self.knn is not None:
+            candidates = self.knn.restrict(candidates, self.k)
         if self.protocol.pool_size is not None and self.protocol.pool_size < len(candidates):
             candidates = np.sort(_rng(self.seed, "pool", self.round).choice(candidates, self.protocol.pool_size,
                                                                           replace=False))
@@ -344,6 +413,8 @@ class RunState:
         if candidates is not None:
             self.is_labeled[chosen] = True
             self.labeled.append(chosen)
+            if self.knn is not None:
+                self.knn.add(chosen)
         acquired = Acquisition(metadata.ids[chosen].tolist(), np.asarray(scores, float).tolist(),
                                plan.group_values(chosen))
         record = RoundRecord(self.round, int(len(rows)), metrics, training, acquired,
@@ -362,7 +433,7 @@ def predicted_classes(learner: Learner, plan: Plan) -> dict[str, np.ndarray]:
 def _run_rounds(planned: PlannedRun, learner: Learner, writer: RunWriter, on_round: OnRound | None) -> None:
     state = RunState(planned, writer)
     learner.prepare(planned.plan.pool, state.evaluation())
-    state.replay(learner)
+    state.start(learner)
     while not state.done:
         started = time.perf_counter()
         rows = state.fit(learner)

@@ -37,8 +37,16 @@ class Protocol:
     eval_every: int = 1
     evaluation: EvalSpec = EvalSpec()
     stop_set_size: int = STOP_SET_SIZE
+    #: How the seed set is chosen: None follows `seed_balanced` (random, or class-balanced); a strategy that
+    #: can choose from embeddings alone (typiclust, probcover, coreset; with options) chooses it without labels.
+    seed_strategy: str | None = None
+    #: "knn:K": score only the unlabelled rows among the K nearest neighbours of the labelled ones (SEALS).
+    candidates: str | None = None
 
     def __post_init__(self) -> None:
+        self._normalise_seed_strategy()
+        if self.candidates is not None:
+            object.__setattr__(self, "candidates", f"knn:{knn_candidates(self.candidates)}")
         sizes = self.per_round if isinstance(self.per_round, tuple) else (self.per_round,)
         if self.seed_size < 1:
             raise ConfigError("must be at least 1", param="seed_size")
@@ -59,6 +67,39 @@ class Protocol:
             raise ConfigError("must be 0 (no stopping signals) or more", param="stop_set_size")
         if not self.eval_splits:
             raise ConfigError("evaluate at least one split", param="eval_splits")
+
+    def _normalise_seed_strategy(self) -> None:
+        """random and balanced are `seed_balanced` (so records that predate `seed_strategy` keep their
+        identity); a cold-start strategy is kept in its canonical spelling, and the seed set is then not
+        class-balanced."""
+        if self.seed_strategy is None:
+            return
+        if self.seed_strategy in ("random", "balanced"):
+            object.__setattr__(self, "seed_balanced", self.seed_strategy == "balanced")
+            object.__setattr__(self, "seed_strategy", None)
+            return
+        from embedcache.strategies import create_strategy, parse_strategy
+
+        try:
+            spec = parse_strategy(self.seed_strategy)
+            cold_start = create_strategy(spec.text).cold_start
+        except ConfigError as e:
+            raise ConfigError(e.message, param="seed_strategy") from None
+        if not cold_start:
+            raise ConfigError(f"{spec.name!r} cannot choose a seed set without labels; use random, balanced, "
+                              "typiclust, probcover or coreset", param="seed_strategy")
+        object.__setattr__(self, "seed_strategy", spec.text)
+        object.__setattr__(self, "seed_balanced", False)
+
+    @property
+    def seed_method(self) -> str:
+        """random, balanced, or the cold-start strategy's spec."""
+        return self.seed_strategy or ("balanced" if self.seed_balanced else "random")
+
+    @property
+    def knn_candidates(self) -> int | None:
+        """SEALS's K, when candidates are restricted."""
+        return None if self.candidates is None else knn_candidates(self.candidates)
 
     def schedule(self) -> list[int]:
         """Batch sizes of the acquisition rounds, summing to the budget."""
@@ -85,7 +126,19 @@ class Protocol:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as JSON values; seed_strategy and candidates only when set (records written before
+        they existed keep their identity)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if v is not None or k not in ("seed_strategy", "candidates")}
+
+
+def knn_candidates(text: str) -> int:
+    """K of a `knn:K` candidate restriction."""
+    kind, _, k = str(text).partition(":")
+    if kind != "knn" or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"{text!r}: expected knn:K with K a positive integer (SEALS: the K nearest unlabelled "
+                          "neighbours of each labelled example), e.g. knn:100", param="candidates")
+    return int(k)
 
 
 def _preset(protocol: Protocol) -> Protocol:

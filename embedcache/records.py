@@ -2,7 +2,9 @@
 is the only one that knows how a record is laid out: the rest of embedcache builds and reads the
 typed records below (`RunHeader`, `RoundRecord` and their parts) and never walks their JSON.
 
-Line 1 is the header (`"type": "header"`, `RunHeader`): its `schema_version`, strategy, seed, mode,
+Line 1 is the header (`"type": "header"`, `RunHeader`): its `schema_version`, strategy (the canonical
+spec, `probcover:delta=0.3`: its options are part of the run's identity; `strategy_options` lists
+every option's value, defaults included, for strategies that have options), seed, mode,
 the resolved protocol, the learner config, the features `fingerprint` (cache recipe in linear mode,
 backbone recipe in finetune mode), the `data` fingerprint (which examples: `Metadata.fingerprint`),
 a human `backbone` label, `source` (the cache file, the dataset description, a hybrid's linear
@@ -84,7 +86,9 @@ class RecordLockedError(EmbedcacheError):
 
 
 def record_path(out_dir: str | Path, strategy: str, seed: int) -> Path:
-    return Path(out_dir) / f"{strategy}-seed{seed}.jsonl"
+    """`<strategy>-seed<seed>.jsonl`; a strategy with options (`probcover:delta=0.3`) is written
+    `probcover+delta=0.3`, a name every file system takes."""
+    return Path(out_dir) / f"{strategy.replace(':', '+')}-seed{seed}.jsonl"
 
 
 def unwritable(folder: Path, error: OSError) -> ConfigError:
@@ -373,6 +377,7 @@ class RunHeader:
     seed_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     pool_counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    strategy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     created: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -432,6 +437,7 @@ class RunHeader:
             learner=_field(d, "learner", dict, "", {}),
             seed_groups={c: _strings(v, f"seed_groups.{c}") for c, v in _field(d, "seed_groups", dict, "", {}).items()},
             pool_counts=_field(d, "pool_counts", dict, "", {}), versions=_field(d, "versions", dict, "", {}),
+            strategy_options=_field(d, "strategy_options", dict, "", {}),
             created=_field(d, "created", (str, type(None)), "", None), schema_version=_schema_version(d))
 
     def to_dict(self) -> dict:
@@ -442,6 +448,8 @@ class RunHeader:
              "data": self.data, "backbone": self.source.backbone, "source": source, "n_rounds": self.n_rounds,
              "seed_ids": self.seed_ids, "seed_groups": self.seed_groups, "pool_counts": self.pool_counts,
              "versions": self.versions}
+        if self.strategy_options:
+            d["strategy_options"] = self.strategy_options
         return d if self.created is None else {**d, "created": self.created}
 
 

@@ -30,8 +30,9 @@ Finetune mode takes `[[datasets]]` entries instead of (or besides) `caches` — 
 `max_length`, `pooling`, `name` — and a `[finetune]` table for how to train: `recipe` (a table of
 recipe overrides), `device`, `amp`, `micro_batch`, `eval_batch_size`, `workers`, `train_seed`.
 
-A strategy is a name or a table `{name = "...", option = value}`; today's strategies take no
-options, so a table with options is refused naming them. `[vary]` takes protocol fields and the
+A strategy is a name or a table `{name = "...", option = value}` with the options `--strategy
+name:option=value` takes (e.g. `{name = "probcover", delta = 0.3}`); an option the strategy does not
+declare, or a bad value, is refused naming both. `[vary]` takes protocol fields and the
 linear head's C, standardize and solver.
 
 Every cell writes into its own folder under the root, named from its values — the features' name
@@ -47,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import glob
-import inspect
 import itertools
 import os
 import re
@@ -55,7 +55,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from embedcache.strategies import STRATEGIES
+from embedcache.strategies import STRATEGIES, StrategySpec, strategy_spec
 from embedcache.errors import ConfigError, EmbedcacheError
 from embedcache.executors import EXECUTORS, Executor, RunSpec, create_executor, run_units, work_units
 from embedcache.experiments import BATCH, FinetuneExperiment, LinearExperiment, Session, parse_seeds, plan_runs
@@ -73,9 +73,9 @@ else:  # the same parser, from PyPI
 
 #: Protocol fields a plan may set or vary, with the TOML types each takes.
 PROTOCOL_FIELDS: dict[str, tuple[type, ...]] = {
-    "seed_size": (int,), "seed_balanced": (bool,), "per_round": (int, list), "budget": (int,), "pool_size": (int,),
-    "pool_split": (str,), "eval_splits": (list,), "eval_every": (int,), "groups": (list,), "worst_group": (str,),
-    "metrics": (list,), "percentiles": (list,), "stop_set_size": (int,)}
+    "seed_size": (int,), "seed_balanced": (bool,), "seed_strategy": (str,), "per_round": (int, list), "budget": (int,),
+    "pool_size": (int,), "candidates": (str,), "pool_split": (str,), "eval_splits": (list,), "eval_every": (int,),
+    "groups": (list,), "worst_group": (str,), "metrics": (list,), "percentiles": (list,), "stop_set_size": (int,)}
 LINEAR_FIELDS: dict[str, tuple[type, ...]] = {"C": (float, int), "standardize": (bool,), "solver": (str,),
                                               "device": (str,), "batch": (int,),
                                               "in_memory": (bool,)}
@@ -93,14 +93,6 @@ TOP_LEVEL: dict[str, tuple[type, ...]] = {
 VARY_LINEAR = ("C", "standardize", "solver")
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
                dict: "a table"}
-
-
-@dataclasses.dataclass(frozen=True)
-class StrategySpec:
-    """A strategy of the plan: its registered name and its options (a table's other keys)."""
-
-    name: str
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,13 +265,11 @@ def _strategies(entries: list, where: _Where) -> list[StrategySpec]:
             close = difflib.get_close_matches(name, STRATEGIES.names(), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise where.error(key, f"unknown strategy {name!r}; known: {', '.join(STRATEGIES.names())}.{hint}")
-        taken = [p for p in inspect.signature(STRATEGIES.get(name)).parameters if p != "name"]
-        unknown = sorted(set(options) - set(taken))
-        if unknown:
-            takes = f"its options are {', '.join(taken)}" if taken else "it takes no options"
-            raise where.error(key, f"strategy {name!r} has no option {', '.join(unknown)}: {takes}")
-        specs.append(StrategySpec(name, options))
-    names = [s.name for s in specs]
+        try:
+            specs.append(strategy_spec(name, options))
+        except ConfigError as e:
+            raise where.error(key, e.message) from None
+    names = [s.text for s in specs]
     if len(set(names)) < len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise where.error("strategies", f"{twice!r} is listed twice (a cell holds one record per strategy and seed)")
@@ -456,7 +446,7 @@ def check_sweep(plan: SweepPlan) -> list[CheckedCell]:
         try:
             for cell in cells:
                 try:
-                    runs = plan_runs(session, cell.protocol, [s.name for s in plan.strategies], plan.seeds,
+                    runs = plan_runs(session, cell.protocol, [s.text for s in plan.strategies], plan.seeds,
                                      plan.root / cell.folder)
                 except EmbedcacheError as e:
                     raise type(e)(f"{plan.path}, cell {cell.folder}: {e}") from None

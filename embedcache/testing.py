@@ -33,7 +33,7 @@ from embedcache.learners import LEARNERS
 from embedcache.learners.base import CAPABILITY_PROTOCOLS, BaseLearner, Capability, Learner, capabilities
 from embedcache.recipe import Recipe
 from embedcache.scoring import LOGIT_SCORES, PROBABILITY_SCORES, UNCERTAINTY_SCORES, top_k, topk_disagreement
-from embedcache.strategies import STRATEGIES, Strategy
+from embedcache.strategies import STRATEGIES, Strategy, declared_options, parse_strategy
 
 _TRAINING_FACTS = ("steps", "loss_initial", "loss_final", "stopped_by")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -325,7 +325,7 @@ def _gradient_embedding(self, rows):
 
 def _posterior_proba(self, rows, n_samples, seed):
     noise = np.random.default_rng(seed).normal(size=(n_samples, *self.logits.shape)).astype(np.float32)
-    logits = self.logits[None] + noise[:, rows]
+    logits = self.logits[rows][None] + noise[:, rows]
     shifted = np.exp(logits - logits.max(axis=2, keepdims=True))
     return shifted / shifted.sum(axis=2, keepdims=True)
 
@@ -360,6 +360,11 @@ def check_strategy(strategy: Strategy) -> None:
     assert type(STRATEGIES.get(name)()) is type(strategy), f"STRATEGIES[{name!r}] makes another class"
     assert isinstance(strategy.requires, frozenset) and all(isinstance(c, Capability) for c in strategy.requires), \
         f"{name}.requires must be a frozenset of Capability"
+    assert parse_strategy(name).text == name, f"strategy {name!r}: its defaults must spell as the bare name"
+    for option in declared_options(name):
+        assert option.meaning, f"strategy {name!r}, option {option.name}: say what it means"
+        assert option.parse(option.text(option.default), name) == option.default, \
+            f"strategy {name!r}, option {option.name}: the default {option.default!r} does not read back"
     labeled = np.arange(0, 500, 25)
     candidates = np.sort(np.random.default_rng(2).choice(np.setdiff1d(np.arange(500), labeled), 200, replace=False))
     for offers in (strategy.requires, frozenset(CAPABILITY_PROTOCOLS)):

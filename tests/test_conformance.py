@@ -37,7 +37,11 @@ def test_every_backbone_kind_conforms(kind, tmp_path):
 
 def test_registries_hold_what_the_docs_promise():
     assert LEARNERS.names() == ["finetune", "hybrid", "linear"]
-    assert STRATEGIES.names() == ["entropy", "least-confidence", "margin", "max-logit", "random"]
+    stochastic = [f"{mode}-{score}" for mode in ("power", "softmax", "rank")
+                  for score in ("least-confidence", "entropy", "margin", "bald")]
+    assert STRATEGIES.names() == sorted(["entropy", "least-confidence", "margin", "max-logit", "random", "coreset",
+                                         "badge", "typiclust", "probcover", "bald", "batchbald", "cluster-margin",
+                                         *stochastic])
 
 
 def test_a_registered_name_without_an_example_fails(tmp_path, monkeypatch):

@@ -123,7 +123,7 @@ def cache(tmp_path):
 
 
 @pytest.mark.parametrize("args, valid", [
-    (["--strategy", "margn"], "Did you mean margin?"),
+    (["--strategy", "margn"], "Did you mean margin"),
     (["--strategy", "margin", "--protocol", "waterbird"], "Did you mean waterbirds?"),
     (["--strategy", "margin", "--mode", "finetune", "--dataset", "jsonls", "--root", "x"], "known: amazon,"),
     (["--strategy", "margin", "--mode", "finetune", "--backbone", "tim:resnet18"], "known: hf, timm. Did you mean"),

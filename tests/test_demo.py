@@ -31,3 +31,17 @@ def test_quick_demo_runs_offline_and_its_outputs_open(tmp_path, minilm_path):
             image.verify()
     again = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--jobs", "1"])
     assert again.exit_code == 0 and json.loads((out / "report" / "summary.json").read_text()) == summary
+    more = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--jobs", "1", "--strategies",
+                                     "random,least-confidence,badge,probcover:delta=0.8,alpha=0.9"])
+    assert more.exit_code == 0, more.output
+    for expected in ("pretrained   badge", "random-init  probcover:alpha=0.9,delta=0.8", "pretrained   random"):
+        assert expected in more.output
+    strategies = {c["strategy"] for c in json.loads((out / "report" / "summary.json").read_text())["curves"]}
+    assert strategies == {"random", "least-confidence", "badge", "probcover:alpha=0.9,delta=0.8"}
+
+
+def test_demo_strategies_are_checked_before_anything_is_written(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(tmp_path / "demo"), "--strategies",
+                                       "random,badge:beta=2"])
+    assert result.exit_code == 2 and "strategy 'badge' has no option beta" in result.output
+    assert not (tmp_path / "demo").exists()

@@ -253,3 +253,27 @@ def test_tsne_draws_the_first_acquisitions_as_stars(caches, runs, tmp_path):
     style = CliRunner().invoke(main, ["tsne", str(caches[0]), "--style", "bird", "--out", str(tmp_path / "z.png")])
     assert style.exit_code == 2 and "unknown group 'bird'" in style.output
     assert sorted(p.name for p in tmp_path.glob("*.png")) == []  # nothing written by the refused ones
+
+
+def test_report_stays_readable_with_twelve_strategies(tmp_path):
+    from embedcache.analysis.curves import CurveKey
+    from embedcache.analysis.plots import key_styles
+
+    twelve = ["random", "least-confidence", "entropy", "margin", "max-logit", "power-entropy", "softmax-margin",
+              "rank-least-confidence", "coreset", "badge", "cluster-margin", "probcover:delta=4.0"]
+    x, meta = ambiguity_embeddings(n_train=300, n_val=100, dim=8, seed=3)
+    tiny_cache = EmbeddingCache.write(tmp_path / "tiny.h5", x, meta, recipe=recipe())
+    protocol = get_protocol("waterbirds").replace(seed_size=10, per_round=5, budget=10)
+    run_grid(LinearExperiment(tiny_cache), protocol, twelve, [0, 1], tmp_path / "runs")
+    result = CliRunner().invoke(main, ["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    for name in twelve:
+        assert f"| {name} |" in summary, name
+    pngs = sorted((tmp_path / "report").rglob("*.png"))
+    assert pngs and all(_is_png(p) is None for p in pngs)
+    styles = key_styles([CurveKey(backbone="b", strategy=name) for name in twelve])
+    assert len({s["color"] for s in styles.values()}) == 12  # one colour each, none repeated
+    many = key_styles([CurveKey(backbone="b", strategy=f"s{i:02d}") for i in range(14)])
+    assert len({(s["color"], s.get("marker")) for s in many.values()}) == 14  # past 12 colours, markers differ

@@ -15,6 +15,12 @@ from embedcache.analysis.curves import Curve, CurveKey
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+#: 12 qualitative colours, one per strategy: matplotlib's tab10, then black and yellow. Past 12, colours
+#: repeat and a marker on each curve tells the strategies apart.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000000", "#e6c200")
+#: Legend entries beyond which the legend goes below the panels, in columns, instead of inside the first.
+_LEGEND_INSIDE = 6
 
 
 def _figure(panels: int, width: float = 4.2, height: float = 3.2, columns: int = 4):
@@ -37,14 +43,27 @@ def _save(fig, path: Path) -> Path:
 
 
 def key_styles(keys: Sequence[CurveKey]) -> dict[CurveKey, dict]:
-    """One colour per strategy and one line style per backbone (and sweep variant), the same in every figure."""
-    from matplotlib import colormaps
-
-    colours = colormaps["tab10"].colors
+    """One colour per strategy (`PALETTE`; a marker too past its 12 colours) and one line style per backbone
+    (and sweep variant), the same in every figure."""
     strategies = sorted({k.strategy for k in keys})
     backbones = sorted({(k.backbone, k.variant) for k in keys})
-    return {k: {"color": colours[strategies.index(k.strategy) % len(colours)],
-                "linestyle": _LINESTYLES[backbones.index((k.backbone, k.variant)) % len(_LINESTYLES)]} for k in keys}
+    styles = {}
+    for k in keys:
+        index = strategies.index(k.strategy)
+        styles[k] = {"color": PALETTE[index % len(PALETTE)],
+                     "linestyle": _LINESTYLES[backbones.index((k.backbone, k.variant)) % len(_LINESTYLES)]}
+        if len(strategies) > len(PALETTE):
+            styles[k].update(marker=_MARKERS[index // len(PALETTE) % len(_MARKERS)], markersize=3)
+    return styles
+
+
+def _legend(fig, ax, entries: int) -> None:
+    """A few entries inside the first panel; more below the panels, in up to four columns."""
+    if entries <= _LEGEND_INSIDE:
+        ax.legend(fontsize=7)
+    else:
+        handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, entries), fontsize=7)
 
 
 def plot_curves(path: str | Path, panels: Sequence[tuple[str, Sequence[Curve]]], ylabel: str | None,
@@ -73,7 +92,7 @@ def plot_curves(path: str | Path, panels: Sequence[tuple[str, Sequence[Curve]]],
         ax.set_ylabel(ylabel or title)
         ax.grid(alpha=0.3)
     if keys:
-        axes[0].legend(fontsize=7)
+        _legend(fig, axes[0], len(keys))
     return _save(fig, path)
 
 
@@ -89,10 +108,8 @@ class BarPanel:
 
 
 def plot_bars(path: str | Path, panels: Sequence[BarPanel], ylabel: str) -> Path:
-    """Grouped bar charts, one subplot per panel."""
-    from matplotlib import colormaps
-
-    colours = colormaps["tab10"].colors
+    """Grouped bar charts, one subplot per panel (series coloured from `PALETTE`)."""
+    colours = PALETTE
     widest = max(len(p.categories) * max(len(p.series), 1) for p in panels)
     fig, axes = _figure(len(panels), width=max(4.5, 0.5 + 0.35 * widest), height=3.6, columns=2)
     for ax, panel in zip(axes, panels):
@@ -111,8 +128,9 @@ def plot_bars(path: str | Path, panels: Sequence[BarPanel], ylabel: str) -> Path
         ax.set_ylabel(ylabel)
         ax.set_title(panel.title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        if panel.series:
-            ax.legend(fontsize=7)
+    series = max((len(p.series) for p in panels), default=0)
+    if series:
+        _legend(fig, next(ax for ax, p in zip(axes, panels) if len(p.series) == series), series)
     return _save(fig, path)
 
 

@@ -147,12 +147,13 @@ class RankerCapabilities:
         """For a learner class whose instances rank with themselves (every one but the hybrid)."""
         return cls(learner_class.name, capabilities(learner_class))
 
-    def require(self, needed: frozenset[Capability], strategy: str) -> None:
-        """Raise a ConfigError naming the strategy, this learner and what it lacks, unless it offers `needed`."""
+    def require(self, needed: frozenset[Capability], strategy: str, role: str = "strategy") -> None:
+        """Raise a ConfigError naming the strategy (or another `role`: a seed strategy, a candidate
+        restriction), this learner and what it lacks, unless it offers `needed`."""
         missing = sorted(needed - self.capabilities)
         if missing:
             offers = ", ".join(sorted(self.capabilities))
-            raise ConfigError(f"strategy {strategy!r} needs the {' and '.join(missing)} capability of the learner "
+            raise ConfigError(f"{role} {strategy!r} needs the {' and '.join(missing)} capability of the learner "
                               f"that ranks the pool, which the {self.name} learner lacks (it offers {offers}); "
                               "choose another strategy, or rank with a learner that has it")
 

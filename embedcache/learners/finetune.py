@@ -331,7 +331,7 @@ class FinetuneLearner(BaseLearner):
     """The finetune learner: `fit(rows, y)` trains backbone + head from the starting weights with
     the recipe, `predict_proba(rows)` scores dataset rows with the finetuned model in eval mode.
     Capabilities (see `embedcache.learners.base`): proba, logits, embed (the finetuned network's
-    penultimate features) and gradient embeddings from them.
+    penultimate features), gradient embeddings from them, and posterior samples (last-layer Laplace).
 
     Rows are indices into `dataset`. Labelled training inputs are loaded once and kept (images
     resized to `recipe.resize` as uint8, cropped and flipped per step), so later rounds read only
@@ -394,6 +394,8 @@ class FinetuneLearner(BaseLearner):
         else:
             self._eval_transform = self._train_transform = _identity
         self._inputs: dict[int, Any] = {}
+        self._fitted_rows: np.ndarray | None = None  # the labelled rows of the last fit
+        self._posterior: tuple | None = None  # (fitted rows, (n_samples, seed), head samples)
         workers = self.options.num_workers
         if workers is None:  # the processes of a torchrun launch share the CPUs
             workers = default_workers(backbone.modality)
@@ -416,6 +418,7 @@ class FinetuneLearner(BaseLearner):
     def fit(self, rows: np.ndarray, y: np.ndarray) -> "FinetuneLearner":
         rows, y = fit_arguments(rows, y, self.num_classes)
         self._call("fit", rows, y)
+        self._fitted_rows = rows
         return self
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
@@ -436,6 +439,31 @@ class FinetuneLearner(BaseLearner):
         residual, features = self._score_rows(rows, "proba", "features")
         residual[np.arange(len(residual)), residual.argmax(axis=1)] -= 1.0
         return residual, np.concatenate([features, np.ones((len(features), 1), dtype=np.float32)], axis=1)
+
+    def posterior_proba(self, rows: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        """`[n_samples, n, num_classes]` float32 probabilities under last-layer Laplace draws of the head
+        (`embedcache.learners.posterior.laplace_samples`): the finetuned head's posterior given the
+        penultimate features of the labelled rows, with a standard normal prior on its weights (the
+        objective Σ CE + ½‖W‖², C = 1: the finetuning itself has no such penalty). A two-class head is
+        taken as its logistic form (w₁ - w₀, b₁ - b₀). Draws are made once per fit and seed."""
+        samples = self._head_samples(int(n_samples), int(seed))
+        return np.ascontiguousarray(samples.proba(self.embed(rows)).transpose(1, 0, 2))
+
+    def _head_samples(self, n_samples: int, seed: int):
+        from embedcache.learners.posterior import laplace_samples
+
+        key = (n_samples, seed)
+        cached = self._posterior
+        if cached is not None and cached[0] is self._fitted_rows and cached[1] == key:
+            return cached[2]
+        weight = self.network.head.weight.detach().double().cpu().numpy()  # [C, D]
+        bias = self.network.head.bias.detach().double().cpu().numpy()
+        coef, intercept = weight.T, bias
+        if self.num_classes == 2:
+            coef, intercept = (weight[1] - weight[0])[:, None], bias[1:] - bias[:1]
+        samples = laplace_samples(self.embed(self._fitted_rows), coef, intercept, 1.0, n_samples, seed)
+        self._posterior = (self._fitted_rows, key, samples)
+        return samples
 
     def _score_rows(self, rows: np.ndarray, *outputs: str) -> list[np.ndarray]:
         return self._call("score", np.asarray(rows, dtype=np.int64), outputs)

@@ -21,8 +21,8 @@ Gram matrix is extended rather than recomputed.
 Probabilities, logits and pool ranking go through `embedcache.kernels`, on contiguous copies of the
 pool and evaluation rows; the fused `top_k` agrees with scoring `predict_proba` (or `predict_logits`)
 up to ties (the determinism contract of `embedcache.scoring`). Capabilities (see
-`embedcache.learners.base`): proba, logits, fused ranking, embed (the standardised cached vectors)
-and gradient embeddings.
+`embedcache.learners.base`): proba, logits, fused ranking, embed (the standardised cached vectors),
+gradient embeddings and posterior samples (Laplace, or a bootstrap ensemble).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from embedcache.scoring import LOGIT_SCORES, PROBABILITY_SCORES, top_k
 
 SOLVERS = ("auto", "newton", "lbfgs")
 _NEWTON_MAX_VARIABLES = 2048
+#: Largest n·C' whose Laplace posterior `posterior_proba` computes (its Cholesky is cubic); beyond it, a bootstrap.
+_LAPLACE_MAX_VARIABLES = 2048
 #: Newton steps taken with a stale Hessian factor before refactorising, so the last steps converge
 #: quadratically rather than linearly.
 _MAX_STALE_STEPS = 2
@@ -137,6 +139,7 @@ class LinearLearner(BaseLearner):
         self._pool: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None  # rows, row → position, block
         self._eval: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         self._state: dict | None = None  # warm-start state of the last fit
+        self._posterior: tuple | None = None  # (fit state, (n_samples, seed, method), head samples)
         self.warm_start = self.config.warm_start
 
     # ------------------------------------------------------------------ loop hooks
@@ -266,7 +269,8 @@ class LinearLearner(BaseLearner):
             # fold standardisation into the head: logits = raw @ coef + intercept
             self.coef_ = weights / self._scale[:, None]
             self.intercept_ = bias - (self._mean / self._scale) @ weights
-        self._state = {**solver_state, "solver": solver, "classes": classes, "rows": rows, "buffer": buffer}
+        self._state = {**solver_state, "solver": solver, "classes": classes, "rows": rows, "labels": y,
+                       "buffer": buffer}
         self._head = _softmax_head(self.coef_, self.intercept_)
         self.training_ = facts
         return self
@@ -352,6 +356,66 @@ class LinearLearner(BaseLearner):
         exclude = np.ones(len(rows), dtype=bool)
         exclude[position[candidates]] = False
         return block, None, exclude, rows, rows
+
+    def posterior_proba(self, rows: np.ndarray, n_samples: int, seed: int, method: str = "auto") -> np.ndarray:
+        """`[n_samples, n, num_classes]` float32 class probabilities of `rows` under posterior draws of the head
+        (`embedcache.learners.posterior`): the Laplace approximation of the fitted objective (method
+        "laplace"), or heads refitted on stratified bootstrap resamples of the labelled rows ("bootstrap");
+        "auto" is Laplace while its (n·C')² system is small enough. The same seed gives the same draws for
+        every set of rows (they are drawn once per fit and seed)."""
+        if method not in ("auto", "laplace", "bootstrap"):
+            raise ConfigError(f"must be auto, laplace or bootstrap, got {method!r}", param="method")
+        rows = np.asarray(rows, dtype=np.int64)
+        full = np.zeros((n_samples, len(rows), self.num_classes), dtype=np.float32)
+        if len(self.classes_) == 1:
+            full[:, :, self.classes_[0]] = 1.0
+            return full
+        samples = self._posterior_heads(int(n_samples), int(seed), method)
+        raw = self._gather(rows).cpu().numpy()
+        full[:, :, self.classes_] = samples.proba(raw).transpose(1, 0, 2)
+        return full
+
+    def _posterior_heads(self, n_samples: int, seed: int, method: str):
+        """The head samples of the last fit, on raw features (kept for the next call with the same arguments)."""
+        from embedcache.learners.posterior import bootstrap_samples, laplace_samples
+
+        key = (n_samples, seed, method)
+        cached = self._posterior
+        if cached is not None and cached[0] is self._state and cached[1] == key:
+            return cached[2]
+        state = self._state
+        x = state["buffer"][:len(state["rows"])].cpu().numpy()  # standardised features of the labelled rows
+        weights = (self.coef_ * self._scale[:, None]).cpu().numpy()  # the head in the standardised space
+        bias = (self.intercept_ + (self._mean / self._scale) @ (self.coef_ * self._scale[:, None])).cpu().numpy()
+        if method == "auto":
+            method = "laplace" if len(x) * weights.shape[1] <= _LAPLACE_MAX_VARIABLES else "bootstrap"
+        if method == "laplace":
+            samples = laplace_samples(x, weights, bias, self.config.C, n_samples, seed)
+        else:
+            labels = np.searchsorted(self.classes_, state["labels"])
+            samples = bootstrap_samples(x, labels, lambda xs, ys: self._refit_head(xs, ys, (weights, bias)),
+                                        n_samples, seed)
+        samples = samples.folded(self._mean.cpu().numpy(), self._scale.cpu().numpy())
+        self._posterior = (state, key, samples)
+        return samples
+
+    def _refit_head(self, x: np.ndarray, y: np.ndarray, start: tuple[np.ndarray, np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(W [D, C'], b [C']) on standardised features (a bootstrap member), by the solver `fit` would pick:
+        Newton, or L-BFGS from the fitted head `start` (which a resample of the same rows moves little)."""
+        binary = len(self.classes_) == 2
+        width = 1 if binary else len(self.classes_)
+        target = torch.as_tensor(y, device=self.device)
+        target = target.to(torch.float64) if binary else target
+        features = torch.as_tensor(x, dtype=torch.float64, device=self.device)
+        if len(x) * width <= _NEWTON_MAX_VARIABLES:
+            with _one_thread(self.device):
+                weights, bias, _, _ = _fit_newton(features, target, binary, width, self.config, None)
+        else:
+            previous = {"weights": torch.as_tensor(start[0], device=self.device),
+                        "bias": torch.as_tensor(start[1], device=self.device)}
+            weights, bias, _, _ = _fit_lbfgs(features, target, binary, width, self.config, previous)
+        return weights.cpu().numpy(), bias.cpu().numpy()
 
     def top_k(self, candidates: np.ndarray, strategy: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The acquisition's fused path: the pool ranked by `embedcache.kernels.score_topk` without

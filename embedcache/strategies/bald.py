@@ -147,7 +147,8 @@ class _Configurations:
 
     All C^m configurations while they number at most `limit` (weights None: exact); beyond that,
     `limit` sampled ones, `limit / T` from each posterior sample t (every picked row's label drawn
-    from p_t), with importance weights 1 / (M q(configuration)), q the mixture over the samples.
+    from p_t), with importance weights 1 / (M q(configuration)), q the mixture over the samples (each
+    configuration's row kept divided by its q, so the weights are 1 / M and nothing underflows).
     A sampled configuration stays a valid draw when a row is added (its new label is drawn from the
     same p_t), so the samples are extended rather than redrawn: successive steps share their Monte
     Carlo noise, which keeps the previous step's gains good bounds for the lazy evaluation.
@@ -179,7 +180,11 @@ class _Configurations:
             draws = self.rng.random(len(self.origin))
             labels = np.minimum((cumulative <= draws[:, None]).sum(axis=1), n_classes - 1)
             self.joint *= row[:, labels].T  # p_t'(y) for every t'
-        self.weights = 1.0 / (len(self.joint) * self.joint.mean(axis=1))
+            # Rescaled by its mixture q per configuration (the products would underflow in long batches):
+            # the estimate's weights 1 / (M q) become 1 / M, and H(chosen), the same for every row x, drops
+            # out of the gains, so the joint entropy is the estimate less H(chosen).
+            self.joint /= self.joint.mean(axis=1, keepdims=True)
+        self.weights = np.full(len(self.joint), 1.0 / len(self.joint))
 
 
 def _joint_entropy_alone(joint: np.ndarray, weights: np.ndarray | None) -> float:

@@ -201,7 +201,8 @@ class Model:
         self.workspace = workspace
         self.strategy_name = strategy
         self.strategy = create_strategy(strategy)
-        self.cold_start = create_strategy(COLD_START)
+        # before the first label: the strategy itself when it can choose without labels, else random
+        self.cold_start = self.strategy if self.strategy.cold_start else create_strategy(COLD_START)
         self.seed = int(seed)
         pool = workspace.split_rows
         rng = np.random.default_rng([self.seed, 7])
@@ -230,15 +231,22 @@ class Model:
 
     @property
     def active_strategy(self) -> str:
-        """The strategy ranking now: the chosen one, or the random cold start before the first label."""
-        return self.strategy_name if self.fitted else COLD_START
+        """The strategy ranking now: the chosen one, or before the first label the cold start (the chosen
+        one when it needs no labels: typiclust, probcover, coreset; else random)."""
+        return self.strategy_name if self.fitted or self.strategy.cold_start else COLD_START
 
     def rank(self, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best candidates (rows, scores), best first."""
         if not len(candidates):
             return candidates[:0], np.zeros(0)
-        chooser = self.strategy if self.fitted else self.cold_start
-        return chooser.select(self.learner, candidates, self.labeled_rows, k, self.seed)
+        if self.fitted:
+            return self.strategy.select(self.learner, candidates, self.labeled_rows, k, self.seed)
+        if self.cold_start.cold_start:  # from the candidates' embeddings alone
+            k = min(k, len(candidates))
+            embeddings = np.ascontiguousarray(self.learner.embed(candidates), dtype=np.float32)
+            positions, scores = self.cold_start.seed_set(embeddings, k, self.seed, max(len(self.classes), 2))
+            return candidates[np.asarray(positions, dtype=np.int64)], scores
+        return self.cold_start.select(self.learner, candidates, self.labeled_rows, k, self.seed)
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray | None:
         """[n, classes] probabilities, or None before the first label."""
