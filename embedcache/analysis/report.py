@@ -3,18 +3,24 @@
 `write_report(runs, out_dir)` writes:
 
 * `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy, and
-  the values a sweep varied, `curves.sweep_variants`; Student t intervals by default, Gaussian
-  ones as in the paper with `interval="gaussian"`),
-  labels-to-reach and final gain against the baseline strategy, the most upsampled groups,
-  links to every figure and table;
+  what else tells runs apart: the dataset's parameters, the finetune recipe, the values a sweep
+  varied, `curves.run_variants`; Student t intervals by default, Gaussian ones as in the paper
+  with `interval="gaussian"`), labels-to-reach and final gain against the baseline strategy, the
+  most upsampled groups, and where the runs call for them (`factors`): the stop rules compared
+  (Appendix D), upsampling against a dataset quantity such as the matched share (Figure 9), and
+  upsampling per backbone (Appendix G); links to every figure and table;
 * `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
   significant digits, record paths relative to the output folder, no times), so a report of
   the same runs is the same file;
 * tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, and `upsampling-rounds.csv` (the
-  cumulative ratio, for the values the figures show);
+  cumulative ratio, for the values the figures show); `stop-rules.csv` and
+  `stop-rule-differences.csv` when curves differ in their stop rule; `upsampling-vs-<quantity>.csv`
+  per varied dataset quantity;
 * figures `curves-overall.png` (accuracy, worst group, the dataset's own metrics),
   `curves-<group>.png` (one panel per group value), `upsampling-<group>.png` (bars with CIs)
-  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels). A group with more
+  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels);
+  `upsampling-vs-<quantity>-<group>.png` (the ratio against the quantity, a panel per value) and,
+  with two or more backbones, `upsampling-by-backbone-<group>.png`. A group with more
   values than `max_panels` shows the first ones evaluated (curves) or the ones acquired most
   (upsampling).
 
@@ -37,8 +43,9 @@ import numpy as np
 from embedcache.analysis.acquisitions import (Upsampling, acquisition_specs, check_spec, cumulative_upsampling,
                                               upsampling)
 from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, CurveKey, check_split, compare,
-                                        curve_metrics, evaluated_splits, group_runs, learning_curve,
-                                        sweep_variants)
+                                        curve_metrics, evaluated_splits, group_runs, learning_curve, run_variants)
+from embedcache.analysis.factors import (Against, StopRules, against_quantity, backbones, key_parameters,
+                                         mean_or_nan, stop_rules, varied_quantities)
 from embedcache.analysis.stats import INTERVAL_TEXT, check_interval
 from embedcache.errors import ConfigError
 from embedcache.outputs import OutputFolder, write_csv, write_json
@@ -85,6 +92,8 @@ class Analysis:
     shown: dict[str, list[str]]
     cumulative: dict[str, list[Curve]]
     notes: list[str]
+    stop_rules: StopRules | None = None
+    against: list[Against] = dataclasses.field(default_factory=list)
 
     @property
     def scalar_metrics(self) -> list[str]:
@@ -113,7 +122,7 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     if config.top < 0:
         raise ConfigError("must be 0 or more", param="top")
     interval = check_interval(config.interval)
-    groups = group_runs(runs, config.allow_mixed, sweep_variants(runs))
+    groups = group_runs(runs, config.allow_mixed, run_variants(runs))
     everything = [r for members in groups.values() for r in members]
     splits = evaluated_splits(everything)
     if not splits:
@@ -160,7 +169,10 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
         notes.append(f"{len(incomplete)} run(s) are incomplete and count with the rounds they have, e.g. "
                      f"{incomplete[0].path.name} ({len(incomplete[0].rounds)}/{incomplete[0].header.n_rounds} "
                      "rounds)")
-    return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes)
+    parameters = key_parameters(groups)
+    against = [against_quantity(ups, parameters, q) for q in varied_quantities(parameters)]
+    return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes,
+                    stop_rules(groups, split, config.metric, interval), [a for a in against if a.points])
 
 
 def top_upsampled(analysis: Analysis) -> list[Upsampling]:
@@ -231,6 +243,32 @@ def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callab
         panels = [(v, [c for c in curves if c.metric == f"{spec}={v}"]) for v in values]
         add(f"upsampling-rounds-{slug(spec)}.png", f"cumulative upsampling ratio per {spec}", plots.plot_curves,
             panels, "upsampling ratio so far", reference=1.0)
+    for against in analysis.against:
+        for spec, points in against.points.items():
+            panels = []
+            for value in analysis.shown[spec]:
+                series = []
+                for key in against.series(spec):
+                    found = sorted((x, u.ratio) for k, x, u in points if k == key and u.value == value)
+                    if found:
+                        xs = np.array([x for x, _ in found])
+                        series.append((key.label, xs, *mean_or_nan([e for _, e in found])))
+                panels.append(plots.PointPanel(f"{spec}={value}", series, reference=1.0))
+            add(f"upsampling-vs-{slug(against.quantity)}-{slug(spec)}.png",
+                f"upsampling ratio per {spec} against {against.quantity}", plots.plot_points, panels,
+                against.quantity, "acquired share / pool share")
+    names = backbones(list(analysis.runs))
+    if len(names) > 1:
+        for spec, entries in analysis.upsampling.items():
+            panels = []
+            for value in analysis.shown[spec]:
+                ratio = {(u.key.backbone, " · ".join([u.key.strategy, *([u.key.variant_text] if u.key.variant else [])])):
+                         u.ratio for u in entries if u.value == value}
+                series = [(label, *mean_or_nan([ratio.get((b, label)) for b in names]))
+                          for label in dict.fromkeys(label for _, label in ratio)]
+                panels.append(plots.BarPanel(f"{spec}={value}", names, series, reference=1.0))
+            add(f"upsampling-by-backbone-{slug(spec)}.png", f"upsampling ratio per {spec} and backbone",
+                plots.plot_bars, panels, "acquired share / pool share")
     return figures, notes
 
 
@@ -241,13 +279,13 @@ def _group_row(row: dict) -> dict:
     return {**key, "group": spec, "value": value, **row}
 
 
-def _estimate_text(e: dict | None, signed: bool = False) -> str:
+def _estimate_text(e: dict | None, signed: bool = False, digits: int = 3) -> str:
     if e is None or e.get("mean") is None:
         return "–"
-    mean = f"{e['mean']:+.3f}" if signed else f"{e['mean']:.3f}"
+    mean = f"{e['mean']:+.{digits}f}" if signed else f"{e['mean']:.{digits}f}"
     if e.get("ci_low") is None:
         return mean
-    return f"{mean} ± {(e['ci_high'] - e['ci_low']) / 2:.3f}"
+    return f"{mean} ± {(e['ci_high'] - e['ci_low']) / 2:.{digits}f}"
 
 
 def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tables: list[str]) -> dict:
@@ -271,6 +309,9 @@ def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tabl
         "comparisons": [c.to_dict() for c in analysis.comparisons],
         "upsampling": [u.to_dict() for entries in analysis.upsampling.values() for u in entries],
         "top_upsampled": [u.to_dict() for u in top_upsampled(analysis)],
+        "stop_rules": None if analysis.stop_rules is None else analysis.stop_rules.to_dict(),
+        "against": [a.to_dict() for a in analysis.against],
+        "backbones": backbones(list(analysis.runs)),
         "figures": [{"file": f, "caption": c} for f, c in figures],
         "tables": tables,
         "notes": analysis.notes,
@@ -318,11 +359,94 @@ def _markdown(summary: dict) -> str:
         for u in summary["top_upsampled"]:
             lines.append(f"| {u['backbone']} | {_strategy(u)} | {u['group']} | {u['value']} | "
                          f"{u['pool_share']:.3f} | {_estimate_text(u['ratio'])} |")
+    lines += _stop_rules_markdown(summary["stop_rules"])
+    for against in summary["against"]:
+        lines += _against_markdown(against)
+    if len(summary["backbones"]) > 1:
+        lines += _backbones_markdown(summary["upsampling"], summary["backbones"])
     lines += ["", "## Figures", ""] + [f"- [{f['caption']}]({f['file']})" for f in summary["figures"]]
     lines += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in summary["tables"]]
     if summary["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _duration(e: dict) -> str:
+    """Wall seconds (mean ± half-width) in the unit that suits them: s, min or h."""
+    scale, unit = next(((f, u) for f, u in ((3600, "h"), (60, "min")) if e["mean"] >= f), (1, "s"))
+    text = f"{e['mean'] / scale:.3g}"
+    if e.get("ci_low") is not None:
+        text += f" ± {(e['ci_high'] - e['ci_low']) / 2 / scale:.2g}"
+    return f"{text} {unit}"
+
+
+def _setting(entry: dict) -> str:
+    return f"{entry['backbone']} | {_strategy(entry)}"
+
+
+def _stop_rules_markdown(rules: dict | None) -> list[str]:
+    if rules is None:
+        return []
+    metric = rules["metric"]
+    lines = ["", "## Stop rules", "",
+             f"Final {metric.replace('_', ' ')}, wall time and optimizer steps per run (training + acquisition, "
+             "summed over rounds), mean over seeds ± the 95 % half-width.", "",
+             f"| backbone | strategy | stop | seeds | final {metric.replace('_', ' ')} | wall time | steps |",
+             "|---" * 7 + "|"]
+    for r in rules["rules"]:
+        lines.append(f"| {_setting(r)} | {r['stop']} | {r['seeds']} | {_estimate_text(r[metric])} | "
+                     f"{_duration(r['seconds'])} | {_estimate_text(r['steps'], digits=1)} |")
+    if rules["differences"]:
+        lines += ["", "Each rule against the reference one on the same backbone, strategy and settings: differences "
+                      "paired by seed set (paired t interval and test; Welch's when the seeds differ).", "",
+                  f"| backbone | strategy | stop − reference | seeds | {metric.replace('_', ' ')} | p | wall time (s) "
+                  "| p | steps | p |", "|---" * 10 + "|"]
+        for d in rules["differences"]:
+            cells = []
+            for name, digits in ((metric, 3), ("seconds", 1), ("steps", 1)):
+                p = d[name]["p_value"]
+                cells += [_estimate_text(d[name], signed=True, digits=digits), "–" if p is None else f"{p:.3g}"]
+            seeds = f"{d[metric]['n_a']}" + ("" if d[metric]["test"] == "paired t" else f" / {d[metric]['n_b']}")
+            lines.append(f"| {_setting(d)} | {d['stop']} − {d['against']} | {seeds} | {' | '.join(cells)} |")
+    return lines
+
+
+def _subgroups(entries: list[dict]) -> list[dict]:
+    """The entries of combined groups (label*place) when there are any: the subgroups the paper's figures show."""
+    combined = [e for e in entries if "*" in e["group"]]
+    return combined or entries
+
+
+def _against_markdown(against: dict) -> list[str]:
+    quantity = against["quantity"]
+    xs = sorted({p[quantity] for p in against["points"]})
+    lines = ["", f"## Upsampling against {quantity}", "",
+             f"Upsampling ratio of each group value at each {quantity} of the data (read from the runs' dataset "
+             f"parameters), mean over seeds ± the 95 % half-width; upsampling-vs-{slug(quantity)}.csv has every "
+             "group.", "",
+             "| backbone | strategy | group | value | " + " | ".join(f"{quantity}={x:g}" for x in xs) + " |",
+             "|---" * (4 + len(xs)) + "|"]
+    rows: dict[tuple, dict] = {}
+    for p in _subgroups(against["points"]):
+        rows.setdefault((p["backbone"], _strategy(p), p["group"], p["value"]), {})[p[quantity]] = p["ratio"]
+    for (backbone, strategy, group, value), ratios in rows.items():
+        cells = " | ".join(_estimate_text(ratios.get(x)) for x in xs)
+        lines.append(f"| {backbone} | {strategy} | {group} | {value} | {cells} |")
+    return lines
+
+
+def _backbones_markdown(upsampling: list[dict], names: list[str]) -> list[str]:
+    lines = ["", "## Upsampling per backbone", "",
+             "Upsampling ratio of each group value per backbone, mean over seeds ± the 95 % half-width; "
+             "upsampling.csv has every group.", "",
+             "| strategy | group | value | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+    rows: dict[tuple, dict] = {}
+    for u in _subgroups(upsampling):
+        rows.setdefault((_strategy(u), u["group"], u["value"]), {})[u["backbone"]] = u["ratio"]
+    for (strategy, group, value), ratios in rows.items():
+        lines.append(f"| {strategy} | {group} | {value} | " + " | ".join(_estimate_text(ratios.get(b)) for b in names)
+                     + " |")
+    return lines
 
 
 def report_folder(out_dir: str | Path, overwrite: bool = False) -> OutputFolder:
@@ -350,6 +474,12 @@ def write_report(runs: Sequence[Run], out_dir: str | Path | OutputFolder, config
             "upsampling-rounds.csv": [_group_row(row) for curves in analysis.cumulative.values() for c in curves
                                       for row in c.rows()],
         }
+        rules = analysis.stop_rules
+        if rules is not None:
+            tables["stop-rules.csv"] = [r.row(rules.metric) for r in rules.rules]
+            tables["stop-rule-differences.csv"] = [row for d in rules.differences for row in d.rows(rules.metric)]
+        for against in analysis.against:
+            tables[f"upsampling-vs-{slug(against.quantity)}.csv"] = against.rows()
         written = []
         for name, rows in tables.items():
             if rows:
