@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from embedcache.datasets.synthetic import ambiguity_embeddings, write_cub_and_pl
 from embedcache.experiments import LinearExperiment, run_grid
 from embedcache.protocols import get_protocol
 from embedcache.records import read_runs
+from embedcache.sweep import load_plan
 
 SHARES = (0.5, 0.8, 0.95)
 BACKBONES = {"synthetic:pre": True, "synthetic:rnd": False}  # spec → separable (a pretrained-like space)
@@ -37,7 +39,8 @@ def _variant_cache(path, spec, matched):
     dataset = {"name": "waterbirds-variant", "root": f"/data/wb-{matched}", "options": {}, "modality": "image",
                "rows": len(meta), "manifest_sha256": meta.fingerprint(f"wb-{matched}"),
                "build": {"matched": matched, "seed": 0, "val_fraction": 0.2}}
-    return EmbeddingCache.write(path, x, meta, recipe=recipe(spec=spec), dataset=dataset)
+    weights = {"source": "pretrained" if BACKBONES[spec] else "random", "seed": 0}
+    return EmbeddingCache.write(path, x, meta, recipe=recipe(spec=spec, weights=weights), dataset=dataset)
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +113,13 @@ def test_one_report_of_several_backbones_sets_them_side_by_side(study, tmp_path)
     _, folders = study
     chosen = [f for f in folders if f.name.endswith("-0.95")]
     summary = write_report(read_runs(chosen), tmp_path / "report", ONLY_SUBGROUPS)
-    assert summary["backbones"] == ["synthetic:pre (random init)", "synthetic:rnd (random init)"]
+    assert summary["backbones"] == ["synthetic:pre (pretrained)", "synthetic:rnd (random init)"]
     assert summary["against"] == [] and all("variant" not in c for c in summary["curves"])
     ratio = {(u["backbone"].split()[0], u["strategy"], u["value"]): u["ratio"]["mean"] for u in summary["upsampling"]}
     assert ratio[("synthetic:pre", "least-confidence", "landbird*water")] > \
         ratio[("synthetic:rnd", "least-confidence", "landbird*water")]
     text = (tmp_path / "report" / "summary.md").read_text()
-    assert "| strategy | group | value | synthetic:pre (random init) | synthetic:rnd (random init) |" in text
+    assert "| strategy | group | value | synthetic:pre (pretrained) | synthetic:rnd (random init) |" in text
     _is_png(tmp_path / "report" / "upsampling-by-backbone-label-x-place.png")
 
 
@@ -167,3 +170,16 @@ def test_the_matched_share_travels_from_build_json_through_the_cache_into_the_ru
     assert sorted({r.header.source.dataset_parameters["matched"] for r in runs}) == [0.5, 0.9]
     against, = analyse(runs, ONLY_SUBGROUPS).against
     assert against.quantity == "matched" and against.xs() == [0.5, 0.9]
+
+
+def test_the_readme_plans_of_the_appendix_experiments_load(tmp_path):
+    """fig9.toml and scaling.toml as the README prints them (their caches stand-ins: only names are read)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for name, cache in (("fig9.toml", "caches/wb-0.50.h5"), ("scaling.toml", "caches/scaling/bit-m-r50x1.h5")):
+        block = next(b for b in readme.split("```toml\n")[1:] if b.startswith(f"# {name}")).split("```")[0]
+        (tmp_path / cache).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / cache).write_bytes(b"")
+        (tmp_path / name).write_text(block, encoding="utf-8")
+        plan = load_plan(tmp_path / name)
+        assert plan.strategies[0].name == "least-confidence" and plan.seeds == list(range(16))
+        assert [c.folder for c in plan.cells] == [Path(cache).stem]
