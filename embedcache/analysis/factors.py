@@ -173,22 +173,36 @@ class Against:
     quantity: str
     points: dict[str, list[tuple[CurveKey, float, Upsampling]]]
 
-    def rows(self) -> list[dict]:
-        return [{**series.columns(), self.quantity: x, **{k: v for k, v in u.row().items()
-                                                         if k not in ("backbone", "strategy", "variant")}}
-                for entries in self.points.values() for series, x, u in entries]
+    def _flat(self, as_row: bool) -> list[dict]:
+        """Every point: its series' columns, the quantity, and the upsampling (a CSV row's, or JSON's)."""
+        result = []
+        for entries in self.points.values():
+            for series, x, u in entries:
+                fields = u.row() if as_row else u.to_dict()
+                result.append({**series.columns(), self.quantity: x,
+                               **{k: v for k, v in fields.items() if k not in ("backbone", "strategy", "variant")}})
+        return result
 
-    def series(self, spec: str) -> list[CurveKey]:
-        return list(dict.fromkeys(series for series, _, _ in self.points[spec]))
+    def rows(self) -> list[dict]:
+        return self._flat(as_row=True)
+
+    def series_of(self, spec: str, value: str) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """(label, xs, mean ratios, CI half-widths) of each series that acquired `spec` = `value`, for a figure."""
+        found: dict[CurveKey, list[tuple[float, Estimate]]] = {}
+        for series, x, u in self.points[spec]:
+            if u.value == value:
+                found.setdefault(series, []).append((x, u.ratio))
+        result = []
+        for series, points in found.items():
+            points.sort(key=lambda p: p[0])
+            result.append((series.label, np.array([x for x, _ in points]), *_means([e for _, e in points])))
+        return result
 
     def xs(self) -> list[float]:
         return sorted({x for entries in self.points.values() for _, x, _ in entries})
 
     def to_dict(self) -> dict:
-        return {"quantity": self.quantity,
-                "points": [{**series.columns(), self.quantity: x, **{k: v for k, v in u.to_dict().items()
-                                                                    if k not in ("backbone", "strategy", "variant")}}
-                           for entries in self.points.values() for series, x, u in entries]}
+        return {"quantity": self.quantity, "points": self._flat(as_row=False)}
 
 
 def against_quantity(upsampling: dict[str, list[Upsampling]], parameters: dict[CurveKey, dict[str, Any]],
@@ -208,7 +222,18 @@ def backbones(keys: Sequence[CurveKey]) -> list[str]:
     return sorted({k.backbone for k in keys})
 
 
-def mean_or_nan(estimates: Sequence[Estimate | None]) -> tuple[np.ndarray, np.ndarray]:
+def per_backbone(entries: Sequence[Upsampling], value: str,
+                 names: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(strategy and settings, mean ratio per backbone in `names`, CI half-widths) of a group value, for bars."""
+    ratios: dict[str, dict[str, Estimate]] = {}
+    for u in entries:
+        if u.value == value:
+            label = " · ".join([u.key.strategy, *([u.key.variant_text] if u.key.variant else [])])
+            ratios.setdefault(label, {})[u.key.backbone] = u.ratio
+    return [(label, *_means([r.get(name) for name in names])) for label, r in ratios.items()]
+
+
+def _means(estimates: Sequence[Estimate | None]) -> tuple[np.ndarray, np.ndarray]:
     """(means, CI half-widths) of estimates, NaN where an estimate or its interval is missing."""
     means = np.array([np.nan if e is None else e.mean for e in estimates], dtype=np.float64)
     half = np.array([np.nan if e is None or e.half_width is None else e.half_width for e in estimates],

@@ -45,7 +45,7 @@ from embedcache.analysis.acquisitions import (Upsampling, acquisition_specs, che
 from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, CurveKey, check_split, compare,
                                         curve_metrics, evaluated_splits, group_runs, learning_curve, run_variants)
 from embedcache.analysis.factors import (Against, StopRules, against_quantity, backbones, key_parameters,
-                                         mean_or_nan, stop_rules, varied_quantities)
+                                         per_backbone, stop_rules, varied_quantities)
 from embedcache.analysis.stats import INTERVAL_TEXT, check_interval
 from embedcache.errors import ConfigError
 from embedcache.outputs import OutputFolder, write_csv, write_json
@@ -244,29 +244,17 @@ def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callab
         add(f"upsampling-rounds-{slug(spec)}.png", f"cumulative upsampling ratio per {spec}", plots.plot_curves,
             panels, "upsampling ratio so far", reference=1.0)
     for against in analysis.against:
-        for spec, points in against.points.items():
-            panels = []
-            for value in analysis.shown[spec]:
-                series = []
-                for key in against.series(spec):
-                    found = sorted((x, u.ratio) for k, x, u in points if k == key and u.value == value)
-                    if found:
-                        xs = np.array([x for x, _ in found])
-                        series.append((key.label, xs, *mean_or_nan([e for _, e in found])))
-                panels.append(plots.PointPanel(f"{spec}={value}", series, reference=1.0))
+        for spec in against.points:
+            panels = [plots.PointPanel(f"{spec}={value}", against.series_of(spec, value), reference=1.0)
+                      for value in analysis.shown[spec]]
             add(f"upsampling-vs-{slug(against.quantity)}-{slug(spec)}.png",
                 f"upsampling ratio per {spec} against {against.quantity}", plots.plot_points, panels,
                 against.quantity, "acquired share / pool share")
     names = backbones(list(analysis.runs))
     if len(names) > 1:
         for spec, entries in analysis.upsampling.items():
-            panels = []
-            for value in analysis.shown[spec]:
-                ratio = {(u.key.backbone, " · ".join([u.key.strategy, *([u.key.variant_text] if u.key.variant else [])])):
-                         u.ratio for u in entries if u.value == value}
-                series = [(label, *mean_or_nan([ratio.get((b, label)) for b in names]))
-                          for label in dict.fromkeys(label for _, label in ratio)]
-                panels.append(plots.BarPanel(f"{spec}={value}", names, series, reference=1.0))
+            panels = [plots.BarPanel(f"{spec}={value}", names, per_backbone(entries, value, names), reference=1.0)
+                      for value in analysis.shown[spec]]
             add(f"upsampling-by-backbone-{slug(spec)}.png", f"upsampling ratio per {spec} and backbone",
                 plots.plot_bars, panels, "acquired share / pool share")
     return figures, notes
@@ -399,8 +387,8 @@ def _stop_rules_markdown(rules: dict | None) -> list[str]:
     if rules["differences"]:
         lines += ["", "Each rule against the reference one on the same backbone, strategy and settings: differences "
                       "paired by seed set (paired t interval and test; Welch's when the seeds differ).", "",
-                  f"| backbone | strategy | stop − reference | seeds | {metric.replace('_', ' ')} | p | wall time (s) "
-                  "| p | steps | p |", "|---" * 10 + "|"]
+                  f"| backbone | strategy | stop − reference | seeds | {metric.replace('_', ' ')} | p "
+                  "| wall time (s) | p | steps | p |", "|---" * 10 + "|"]
         for d in rules["differences"]:
             cells = []
             for name, digits in ((metric, 3), ("seconds", 1), ("steps", 1)):
