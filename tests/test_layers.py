@@ -18,13 +18,15 @@ SOURCES = {"embedcache": REPO / "embedcache", "embedcache.cli": REPO / "cli", "e
 LAYERS = (
     ("embedcache.cli",),  # thin click commands over the library
     ("embedcache.demo", "embedcache.testing", "embedcache.api"),  # applications of the whole library
+    ("embedcache.sweep", "embedcache.sharded_extract"),  # a study from a plan file; extraction in shards
     ("embedcache.experiments", "embedcache.analysis"),  # many runs; what is learnt from their records
+    ("embedcache.executors",),  # where runs and tasks run: this process, local workers, Ray
     ("embedcache.loop", "embedcache.workflow"),  # one simulated AL run; AL on your own unlabelled data
     ("embedcache.strategies",),  # which examples to label next
     ("embedcache.learners", "embedcache.extract", "embedcache.importer"),  # learn from / write features
     ("embedcache.kernels", "embedcache.loading"),  # the fused scorer; examples in batches
     ("embedcache.pool", "embedcache.backbones", "embedcache.datasets", "embedcache.records", "embedcache.protocols",
-     "embedcache.devices"),
+     "embedcache.devices", "embedcache.sweep_index"),
     ("embedcache.cache", "embedcache.metrics", "embedcache.outputs"),
     ("embedcache.metadata",),
     ("embedcache.recipe", "embedcache.versions", "embedcache.faults"),
