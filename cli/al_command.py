@@ -54,7 +54,7 @@ def round_line(record: RoundRecord, n_rounds: int, run_name: str) -> str:
             text += f" worst {m.worst_group.accuracy:.3f} ({m.worst_group.value})"
         parts.append(text)
     training = record.training
-    if training.stopped_by in ("loss_ratio", "schedule", "max_steps"):
+    if training.stopped_by in ("loss_ratio", "val_plateau", "schedule", "max_steps"):
         parts.append(f"{training.steps} steps ({training.stopped_by}, loss {training.loss_initial:.3g} → "
                      f"{training.loss_final:.3g})")
     return "  ".join(parts)
@@ -150,8 +150,9 @@ learner_options = grouped(
                       "(pools larger than memory; records agree up to ties)."),
     click.option("--recipe", "recipe_options", multiple=True, metavar="KEY=VALUE",
                  help="Finetune mode: override a field of the paper's recipe (BiT for images, RoBERTa's for text), "
-                      "e.g. --recipe base_lr=0.01 or --recipe schedule=10,20,30,40,50. Repeatable; an unknown key "
-                      "lists the fields."),
+                      "e.g. --recipe base_lr=0.01 or --recipe schedule=10,20,30,40,50, or the early stop: "
+                      "--recipe stop=val_plateau (Appendix D; plateau_split, plateau_patience, plateau_every). "
+                      "Repeatable; an unknown key lists the fields."),
     click.option("--micro-batch", default=8, show_default=True,
                  help="Finetune mode: examples per forward/backward pass; the recipe's batch is accumulated from "
                       "them."),

@@ -36,7 +36,11 @@ def report(runs, out, split, baseline, metric, groups, allow_mixed, max_panels, 
     baseline strategy, and which groups each strategy upsampled.
 
     --runs are run-record files or folders of them, or sweep roots (`embedcache sweep`): runs of several
-    backbones give separate curves, and so do runs of a sweep's cells that differ in what it varied.
+    backbones give separate curves, and so do runs that differ in their data's parameters (a Waterbirds
+    variant's matched share), their finetune recipe (e.g. its stop rule) or a sweep's axes. Runs that
+    differ in their stop rule get a table comparing the rules paired by seed; a matched share (or any
+    numeric data parameter) that takes several values gets upsampling drawn against it; several
+    backbones get upsampling side by side per backbone.
 
     Writes summary.md, summary.json (identical for the same runs), CSV tables and PNG figures:
 

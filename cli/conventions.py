@@ -226,8 +226,8 @@ STRATEGY = Shared(
     "strategies table lists their options; a misspelt name or option exits at once, listing the known ones).",
     ("al", "tsne", "suggest", "export-label-studio", "label"), Registered("strategy", _strategy, "NAME[:OPTIONS]"))
 PROTOCOL = Shared(
-    "Protocol", ("--protocol",), "An AL protocol preset: waterbirds, treeperson, iwildcam, amazon, or custom (the "
-    "options below override any).", ("al",), Registered("protocol", _protocol))
+    "Protocol", ("--protocol",), "An AL protocol preset: waterbirds, treeperson, iwildcam, amazon, appendix-d, or "
+    "custom (the options below override any).", ("al",), Registered("protocol", _protocol))
 DATASET = Shared(
     "Dataset adapter", ("--dataset",), "Dataset adapter: imagefolder, manifest, jsonl, or a paper dataset (see "
     "data/README.md).", ("extract", "al"), Registered("dataset", _dataset))

@@ -51,7 +51,7 @@ def run(features: Any, strategies: str | Sequence[str], seeds: int | str | Itera
     features: a cache path (linear mode, with `learner`'s options), or an experiment object
     (`embedcache.experiments.LinearExperiment` or `FinetuneExperiment`). seeds: an int, a text such
     as "0-15" or "1,11", or integers. protocol: a preset name (waterbirds, treeperson, iwildcam,
-    amazon, custom); `overrides` replace its fields by name (seed_size, per_round, budget,
+    amazon, appendix-d, custom); `overrides` replace its fields by name (seed_size, per_round, budget,
     pool_size, pool_split, eval_splits, eval_every, groups, worst_group, metrics, percentiles).
     Records go to `out`, one per run; finished ones are read back, unfinished ones resumed.
     """

@@ -17,8 +17,11 @@ round's model was trained on), `metrics` (split → `SplitMetrics`, see `embedca
 `training` (`Training`: `steps`, `loss_initial`, `loss_final`, `stopped_by`), `acquired`
 (`Acquisition`: `ids`, `scores`, and `groups`: column → value per acquired id; the batch this
 round's model chose, labelled from the next round on; empty in the last round), `pool_size`
-(candidates scored), `seconds`, and `stopping` (`embedcache.stopping.Measures` of the round's model
-on the run's stop set: `kappa` and `changed` against the previous round, None in round 0;
+(candidates scored), `seconds` (wall time of the round's training and acquisition: fitting,
+including any validation a learner's stop rule does, plus scoring the pool and choosing the batch;
+the protocol's evaluation of the round's model and the stopping measures are left out, since an AL
+round in use has neither), and `stopping` (`embedcache.stopping.Measures` of the round's model on
+the run's stop set: `kappa` and `changed` against the previous round, None in round 0;
 `uncertainty` and `max_uncertainty`; what the stopping signals read).
 
 Schema versions. 2 (written now): the header names its version `schema_version`, and `source`
@@ -308,7 +311,8 @@ def _measures(d: Any, where: str = "stopping") -> Measures:
 class RoundRecord:
     """One round of a run: the model trained on `n_labeled` examples, what it measured per split
     (empty in rounds the protocol does not evaluate), how its training went, what it acquired, and
-    its stopping measures (None: the run has no stop set, or its record predates them)."""
+    its stopping measures (None: the run has no stop set, or its record predates them).
+    `seconds`: training + acquisition wall time, without the protocol's evaluation (module docstring)."""
 
     round: int
     n_labeled: int
@@ -355,9 +359,18 @@ class Source:
 
     @property
     def dataset_options(self) -> dict[str, Any]:
-        """The dataset adapter's options as recorded (e.g. a Waterbirds variant's matched share)."""
+        """The dataset adapter's options as recorded (e.g. a jsonl file's `splits`)."""
         options = (self.dataset or {}).get("options")
         return options if isinstance(options, dict) else {}
+
+    @property
+    def dataset_parameters(self) -> dict[str, Any]:
+        """What made these examples, as recorded: a built dataset's build parameters (`build`, from
+        its builder's build.json, e.g. a Waterbirds variant's `matched` share), then the adapter's
+        options; single values only (numbers, strings, booleans)."""
+        build = (self.dataset or {}).get("build")
+        merged = {**(build if isinstance(build, dict) else {}), **self.dataset_options}
+        return {k: v for k, v in merged.items() if isinstance(v, (int, float, str, bool))}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,10 +1,10 @@
 """Learning curves over seeds and the comparison of two strategies (labels-to-reach, final gain).
 
-Runs are grouped into curves by (backbone label, strategy), and for runs of a sweep
-(`embedcache.sweep_index`) also by the values of the sweep's axes that tell runs of one (backbone,
-strategy) apart (e.g. the cache of each Waterbirds variant, or each per_round schedule); each
-curve is the mean over its seeds, at every number of labels some of them evaluated, with a 95 %
-band (see `stats`).
+Runs are grouped into curves by (backbone label, strategy), and also by whatever tells runs of
+one (backbone, strategy) apart (`run_variants`): the dataset's parameters (each Waterbirds
+variant's matched share), the finetune recipe (e.g. its stop rule) and, for runs of a sweep
+(`embedcache.sweep_index`), the sweep's axes (each per_round schedule); each curve is the mean
+over its seeds, at every number of labels some of them evaluated, with a 95 % band (see `stats`).
 
 One curve must be one set of features. The rule: all runs of a (backbone, strategy) key share
 the features identity: the `fingerprint` and the `data` (which examples) in the header. Runs of
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -61,25 +61,54 @@ def features_identity(run: Run) -> tuple[str, str]:
     return run.fingerprint, run.header.data
 
 
-def sweep_variants(runs: Sequence[Run]) -> dict[Path, tuple[tuple[str, str], ...]]:
-    """Each run's values of the sweep axes that vary among runs of one (backbone, strategy); empty
-    for runs that are in no sweep's cell, or when nothing the sweep varied tells them apart."""
+def recipe_fields(run: Run) -> dict[str, Any]:
+    """The finetune recipe a run trained with (a hybrid's finetune side's), `stop` filled in as
+    "loss_ratio" where the header leaves it out (`FinetuneRecipe.to_dict`); {} for other learners."""
+    learner = run.header.learner
+    sides = [learner, *(learner.get(k) for k in ("evaluate_with", "score_with"))]
+    recipe = next((side["recipe"] for side in sides if isinstance(side, dict) and isinstance(side.get("recipe"), dict)),
+                  None)
+    if recipe is None:
+        return {}
+    return {"stop": "loss_ratio", **{k: v for k, v in recipe.items() if k != "name"}}
+
+
+def _candidate_axes(run: Run, cell: dict[str, Any]) -> dict[str, str]:
+    """What may tell a run apart from others of its (backbone, strategy), in the order variants name it:
+    the dataset's parameters (e.g. matched), the finetune recipe's fields (e.g. stop), the sweep cell's values."""
+    values = {**run.header.source.dataset_parameters, **recipe_fields(run)}
+    values.update({axis: v for axis, v in cell.items() if axis not in values})
+    return {axis: value_text(v) for axis, v in values.items()}
+
+
+def run_variants(runs: Sequence[Run]) -> dict[Path, tuple[tuple[str, str], ...]]:
+    """Each run's values of what varies among runs of one (backbone, strategy): the dataset's
+    parameters (a Waterbirds variant's `matched` share, from its build record), the finetune
+    recipe (e.g. `stop=val_plateau` against the default loss-ratio stop) and the axes of the sweep
+    whose cell holds the run. An axis varies when two runs of one (backbone, strategy) that both
+    have it differ in it; one that only repeats a distinction the earlier axes make (the sweep's
+    `cache` axis beside the caches' `matched`) is left out. Empty when nothing varies."""
     indexes: dict = {}
-    values = {}
+    candidates = {}
     for run in runs:
         cell = cell_of(run.path, indexes)
-        values[run.path] = {} if cell is None else {axis: value_text(v) for axis, v in cell.values.items()}
-    members: dict[tuple[str, str], list[dict]] = {}
+        candidates[run.path] = _candidate_axes(run, {} if cell is None else cell.values)
+    members: dict[tuple[str, str], list[dict[str, str]]] = {}
     for run in runs:
-        members.setdefault((run.backbone, run.strategy), []).append(values[run.path])
-    axes = list(dict.fromkeys(axis for v in values.values() for axis in v))
-    varied = [axis for axis in axes if any(len({v.get(axis) for v in group}) > 1 for group in members.values())]
-    return {path: tuple((axis, v[axis]) for axis in varied if axis in v) for path, v in values.items()}
+        members.setdefault((run.backbone, run.strategy), []).append(candidates[run.path])
+    kept: list[str] = []
+    for axis in dict.fromkeys(axis for values in candidates.values() for axis in values):
+        for group in members.values():
+            seen: dict[tuple, str] = {}
+            if any(seen.setdefault(tuple(v.get(k) for k in kept), v[axis]) != v[axis] for v in group if axis in v):
+                kept.append(axis)
+                break
+    return {path: tuple((axis, v[axis]) for axis in kept if axis in v) for path, v in candidates.items()}
 
 
 def group_runs(runs: Sequence[Run], allow_mixed: bool = False,
                variants: dict[Path, tuple[tuple[str, str], ...]] | None = None) -> dict[CurveKey, list[Run]]:
-    """Runs by curve (with each run's `variants`, see `sweep_variants`), keys sorted, each list
+    """Runs by curve (with each run's `variants`, see `run_variants`), keys sorted, each list
     sorted by (seed, identity, path); see the module docstring."""
     groups: dict[CurveKey, list[Run]] = {}
     for run in runs:

@@ -134,6 +134,38 @@ def plot_bars(path: str | Path, panels: Sequence[BarPanel], ylabel: str) -> Path
     return _save(fig, path)
 
 
+@dataclasses.dataclass
+class PointPanel:
+    """One plot of series against a numeric x: each series (name, xs, means, CI half-widths; NaN = no
+    error bar) drawn as markers joined by lines with error bars; `reference` draws a dashed line."""
+
+    title: str
+    series: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+    reference: float | None = None
+
+
+def plot_points(path: str | Path, panels: Sequence[PointPanel], xlabel: str, ylabel: str) -> Path:
+    """Series against a numeric x with error bars, one subplot per panel, colours and markers per series."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"].colors
+    fig, axes = _figure(len(panels))
+    for ax, panel in zip(axes, panels):
+        for i, (name, xs, means, half) in enumerate(panel.series):
+            half = np.asarray(half, dtype=np.float64)
+            ax.errorbar(xs, means, yerr=np.where(np.isfinite(half), half, 0.0), label=name, capsize=3,
+                        color=colours[i % len(colours)], marker=_MARKERS[i % len(_MARKERS)], markersize=4)
+        if panel.reference is not None:
+            ax.axhline(panel.reference, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if panel.series:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_scatter(path: str | Path, xy: np.ndarray, colour: np.ndarray, colour_names: Sequence[str],
                  style: np.ndarray | None, style_names: Sequence[str], starred: np.ndarray, title: str,
                  colour_title: str, style_title: str) -> Path:

@@ -3,22 +3,27 @@
 `write_report(runs, out_dir)` writes:
 
 * `summary.md`: what a person reads: final metrics ± 95 % CI per curve (backbone × strategy, and
-  the values a sweep varied, `curves.sweep_variants`; Student t intervals by default, Gaussian
-  ones as in the paper with `interval="gaussian"`),
-  labels-to-reach and final gain against the baseline strategy, the most upsampled groups,
-  where each stopping signal would have stopped the runs and what that cost (`stopping`), links
-  to every figure and table;
+  what else tells runs apart: the dataset's parameters, the finetune recipe, the values a sweep
+  varied, `curves.run_variants`; Student t intervals by default, Gaussian ones as in the paper
+  with `interval="gaussian"`), labels-to-reach and final gain against the baseline strategy, the
+  most upsampled groups, where each stopping signal would have stopped the runs and what that cost
+  (`stopping`), and where the runs call for them (`factors`): the stop rules compared (Appendix D),
+  upsampling against a dataset quantity such as the matched share (Figure 9), and upsampling per
+  backbone (Appendix G); links to every figure and table;
 * `summary.json`: the same numbers for scripts, deterministic (keys sorted, floats to 6
   significant digits, record paths relative to the output folder, no times), so a report of
   the same runs is the same file;
-* tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, `upsampling-rounds.csv` (the
-  cumulative ratio, for the values the figures show), and `stopping.csv` (per curve and signal)
-  with `stopping-runs.csv` (per run and signal) when the runs record stopping measures;
+* tables `curves.csv`, `comparisons.csv`, `upsampling.csv`, and `upsampling-rounds.csv` (the
+  cumulative ratio, for the values the figures show); `stopping.csv` (per curve and signal) with
+  `stopping-runs.csv` (per run and signal) when the runs record stopping measures; `stop-rules.csv`
+  and `stop-rule-differences.csv` when curves differ in their stop rule; `upsampling-vs-<quantity>.csv`
+  per varied dataset quantity;
 * figures `curves-overall.png` (accuracy, worst group, the dataset's own metrics),
   `curves-<group>.png` (one panel per group value), `upsampling-<group>.png` (bars with CIs)
-  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels), and
+  and `upsampling-rounds-<group>.png` (the cumulative ratio against labels);
   `curves-stopping.png` (one panel per curve: the report's metric, each signal's median stop
-  marked on it). A group with more
+  marked on it); `upsampling-vs-<quantity>-<group>.png` (the ratio against the quantity, a panel per
+  value) and, with two or more backbones, `upsampling-by-backbone-<group>.png`. A group with more
   values than `max_panels` shows the first ones evaluated (curves) or the ones acquired most
   (upsampling).
 
@@ -41,8 +46,9 @@ import numpy as np
 from embedcache.analysis.acquisitions import (Upsampling, acquisition_specs, check_spec, cumulative_upsampling,
                                               upsampling)
 from embedcache.analysis.curves import (HEADLINE_METRICS, Comparison, Curve, CurveKey, check_split, compare,
-                                        curve_metrics, evaluated_splits, group_runs, learning_curve,
-                                        sweep_variants)
+                                        curve_metrics, evaluated_splits, group_runs, learning_curve, run_variants)
+from embedcache.analysis.factors import (Against, StopRules, against_quantity, backbones, key_parameters,
+                                         per_backbone, stop_rules, varied_quantities)
 from embedcache.analysis.stats import INTERVAL_TEXT, check_interval
 from embedcache.analysis.stopping import RunStop, StopSummary, stopping_points
 from embedcache.errors import ConfigError
@@ -92,6 +98,8 @@ class Analysis:
     notes: list[str]
     stopping: list[StopSummary] = dataclasses.field(default_factory=list)
     stop_runs: list[RunStop] = dataclasses.field(default_factory=list)
+    stop_rules: StopRules | None = None
+    against: list[Against] = dataclasses.field(default_factory=list)
 
     @property
     def scalar_metrics(self) -> list[str]:
@@ -120,7 +128,7 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
     if config.top < 0:
         raise ConfigError("must be 0 or more", param="top")
     interval = check_interval(config.interval)
-    groups = group_runs(runs, config.allow_mixed, sweep_variants(runs))
+    groups = group_runs(runs, config.allow_mixed, run_variants(runs))
     everything = [r for members in groups.values() for r in members]
     splits = evaluated_splits(everything)
     if not splits:
@@ -169,8 +177,12 @@ def analyse(runs: Sequence[Run], config: ReportConfig | None = None) -> Analysis
         notes.append(f"{len(incomplete)} run(s) are incomplete and count with the rounds they have, e.g. "
                      f"{incomplete[0].path.name} ({len(incomplete[0].rounds)}/{incomplete[0].header.n_rounds} "
                      "rounds)")
+    parameters = key_parameters(groups)
+    against = [against_quantity(ups, parameters, q) for q in varied_quantities(parameters)]
     return Analysis(config, split, baseline, groups, curves, comparisons, ups, shown, cumulative, notes,
-                    stopping=stopping, stop_runs=stop_runs)
+                    stopping=stopping, stop_runs=stop_runs,
+                    stop_rules=stop_rules(groups, split, config.metric, interval),
+                    against=[a for a in against if a.points])
 
 
 def top_upsampled(analysis: Analysis) -> list[Upsampling]:
@@ -251,6 +263,20 @@ def _figures(analysis: Analysis, out: Path) -> tuple[list[tuple[str, str, Callab
             notes.append(f"curves-stopping.png shows {cap} of {len(curves)} curves; stopping.csv has all")
         add("curves-stopping.png", f"where each stopping signal would have stopped ({metric} on {analysis.split})",
             plots.plot_curves, [(c.key.label, [c]) for c in curves[:cap]], metric.replace("_", " "), marks=marks)
+    for against in analysis.against:
+        for spec in against.points:
+            panels = [plots.PointPanel(f"{spec}={value}", against.series_of(spec, value), reference=1.0)
+                      for value in analysis.shown[spec]]
+            add(f"upsampling-vs-{slug(against.quantity)}-{slug(spec)}.png",
+                f"upsampling ratio per {spec} against {against.quantity}", plots.plot_points, panels,
+                against.quantity, "acquired share / pool share")
+    names = backbones(list(analysis.runs))
+    if len(names) > 1:
+        for spec, entries in analysis.upsampling.items():
+            panels = [plots.BarPanel(f"{spec}={value}", names, per_backbone(entries, value, names), reference=1.0)
+                      for value in analysis.shown[spec]]
+            add(f"upsampling-by-backbone-{slug(spec)}.png", f"upsampling ratio per {spec} and backbone",
+                plots.plot_bars, panels, "acquired share / pool share")
     return figures, notes
 
 
@@ -261,13 +287,13 @@ def _group_row(row: dict) -> dict:
     return {**key, "group": spec, "value": value, **row}
 
 
-def _estimate_text(e: dict | None, signed: bool = False) -> str:
+def _estimate_text(e: dict | None, signed: bool = False, digits: int = 3) -> str:
     if e is None or e.get("mean") is None:
         return "–"
-    mean = f"{e['mean']:+.3f}" if signed else f"{e['mean']:.3f}"
+    mean = f"{e['mean']:+.{digits}f}" if signed else f"{e['mean']:.{digits}f}"
     if e.get("ci_low") is None:
         return mean
-    return f"{mean} ± {(e['ci_high'] - e['ci_low']) / 2:.3f}"
+    return f"{mean} ± {(e['ci_high'] - e['ci_low']) / 2:.{digits}f}"
 
 
 def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tables: list[str]) -> dict:
@@ -292,6 +318,9 @@ def _summary(analysis: Analysis, out: Path, figures: list[tuple[str, str]], tabl
         "upsampling": [u.to_dict() for entries in analysis.upsampling.values() for u in entries],
         "top_upsampled": [u.to_dict() for u in top_upsampled(analysis)],
         "stopping": [s.to_dict() for s in analysis.stopping],
+        "stop_rules": None if analysis.stop_rules is None else analysis.stop_rules.to_dict(),
+        "against": [a.to_dict() for a in analysis.against],
+        "backbones": backbones(list(analysis.runs)),
         "figures": [{"file": f, "caption": c} for f, c in figures],
         "tables": tables,
         "notes": analysis.notes,
@@ -353,11 +382,94 @@ def _markdown(summary: dict) -> str:
                          f"{s['median_round']:g} | {s['median_labels']:g} ({s['final_labels']:g}) | "
                          f"{_estimate_text(s['at_stop'])} | {_estimate_text(s['final'])} | "
                          f"{_estimate_text(s['cost_final'], signed=True)} | {_estimate_text(s['cost_best'], signed=True)} |")
+    lines += _stop_rules_markdown(summary["stop_rules"])
+    for against in summary["against"]:
+        lines += _against_markdown(against)
+    if len(summary["backbones"]) > 1:
+        lines += _backbones_markdown(summary["upsampling"], summary["backbones"])
     lines += ["", "## Figures", ""] + [f"- [{f['caption']}]({f['file']})" for f in summary["figures"]]
     lines += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in summary["tables"]]
     if summary["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _duration(e: dict) -> str:
+    """Wall seconds (mean ± half-width) in the unit that suits them: s, min or h."""
+    scale, unit = next(((f, u) for f, u in ((3600, "h"), (60, "min")) if e["mean"] >= f), (1, "s"))
+    text = f"{e['mean'] / scale:.3g}"
+    if e.get("ci_low") is not None:
+        text += f" ± {(e['ci_high'] - e['ci_low']) / 2 / scale:.2g}"
+    return f"{text} {unit}"
+
+
+def _setting(entry: dict) -> str:
+    return f"{entry['backbone']} | {_strategy(entry)}"
+
+
+def _stop_rules_markdown(rules: dict | None) -> list[str]:
+    if rules is None:
+        return []
+    metric = rules["metric"]
+    lines = ["", "## Stop rules", "",
+             f"Final {metric.replace('_', ' ')}, wall time and optimizer steps per run (training + acquisition, "
+             "summed over rounds), mean over seeds ± the 95 % half-width.", "",
+             f"| backbone | strategy | stop | seeds | final {metric.replace('_', ' ')} | wall time | steps |",
+             "|---" * 7 + "|"]
+    for r in rules["rules"]:
+        lines.append(f"| {_setting(r)} | {r['stop']} | {r['seeds']} | {_estimate_text(r[metric])} | "
+                     f"{_duration(r['seconds'])} | {_estimate_text(r['steps'], digits=1)} |")
+    if rules["differences"]:
+        lines += ["", "Each rule against the reference one on the same backbone, strategy and settings: differences "
+                      "paired by seed set (paired t interval and test; Welch's when the seeds differ).", "",
+                  f"| backbone | strategy | stop − reference | seeds | {metric.replace('_', ' ')} | p "
+                  "| wall time (s) | p | steps | p |", "|---" * 10 + "|"]
+        for d in rules["differences"]:
+            cells = []
+            for name, digits in ((metric, 3), ("seconds", 1), ("steps", 1)):
+                p = d[name]["p_value"]
+                cells += [_estimate_text(d[name], signed=True, digits=digits), "–" if p is None else f"{p:.3g}"]
+            seeds = f"{d[metric]['n_a']}" + ("" if d[metric]["test"] == "paired t" else f" / {d[metric]['n_b']}")
+            lines.append(f"| {_setting(d)} | {d['stop']} − {d['against']} | {seeds} | {' | '.join(cells)} |")
+    return lines
+
+
+def _subgroups(entries: list[dict]) -> list[dict]:
+    """The entries of combined groups (label*place) when there are any: the subgroups the paper's figures show."""
+    combined = [e for e in entries if "*" in e["group"]]
+    return combined or entries
+
+
+def _against_markdown(against: dict) -> list[str]:
+    quantity = against["quantity"]
+    xs = sorted({p[quantity] for p in against["points"]})
+    lines = ["", f"## Upsampling against {quantity}", "",
+             f"Upsampling ratio of each group value at each {quantity} of the data (read from the runs' dataset "
+             f"parameters), mean over seeds ± the 95 % half-width; upsampling-vs-{slug(quantity)}.csv has every "
+             "group.", "",
+             "| backbone | strategy | group | value | " + " | ".join(f"{quantity}={x:g}" for x in xs) + " |",
+             "|---" * (4 + len(xs)) + "|"]
+    rows: dict[tuple, dict] = {}
+    for p in _subgroups(against["points"]):
+        rows.setdefault((p["backbone"], _strategy(p), p["group"], p["value"]), {})[p[quantity]] = p["ratio"]
+    for (backbone, strategy, group, value), ratios in rows.items():
+        cells = " | ".join(_estimate_text(ratios.get(x)) for x in xs)
+        lines.append(f"| {backbone} | {strategy} | {group} | {value} | {cells} |")
+    return lines
+
+
+def _backbones_markdown(upsampling: list[dict], names: list[str]) -> list[str]:
+    lines = ["", "## Upsampling per backbone", "",
+             "Upsampling ratio of each group value per backbone, mean over seeds ± the 95 % half-width; "
+             "upsampling.csv has every group.", "",
+             "| strategy | group | value | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+    rows: dict[tuple, dict] = {}
+    for u in _subgroups(upsampling):
+        rows.setdefault((_strategy(u), u["group"], u["value"]), {})[u["backbone"]] = u["ratio"]
+    for (strategy, group, value), ratios in rows.items():
+        lines.append(f"| {strategy} | {group} | {value} | " + " | ".join(_estimate_text(ratios.get(b)) for b in names)
+                     + " |")
+    return lines
 
 
 def report_folder(out_dir: str | Path, overwrite: bool = False) -> OutputFolder:
@@ -387,6 +499,12 @@ def write_report(runs: Sequence[Run], out_dir: str | Path | OutputFolder, config
             "stopping.csv": [_flat(s.to_dict()) for s in analysis.stopping],
             "stopping-runs.csv": [s.row() for s in analysis.stop_runs],
         }
+        rules = analysis.stop_rules
+        if rules is not None:
+            tables["stop-rules.csv"] = [r.row(rules.metric) for r in rules.rules]
+            tables["stop-rule-differences.csv"] = [row for d in rules.differences for row in d.rows(rules.metric)]
+        for against in analysis.against:
+            tables[f"upsampling-vs-{slug(against.quantity)}.csv"] = against.rows()
         written = []
         for name, rows in tables.items():
             if rows:

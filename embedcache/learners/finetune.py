@@ -14,8 +14,16 @@ The recipes follow the paper's Appendix B and its released code (itself Google's
   480, both normalised with mean = std = 0.5. (BiT's rule uses 160 → 128 for images under 96×96
   pixels; the paper's datasets are all larger, so 512/480 are the defaults.)
 * `TextRecipe` (RoBERTa-Large): AdamW, LR 1e-6 (constant), weight decay 0.1, batch 2.
-* Both stop early once a step's training loss (the mean over its whole batch) falls below
-  0.001 × the first step's loss.
+* Early stopping (`stop`): by default (`loss_ratio`, the paper's rule) a fit ends once a step's
+  training loss (the mean over its whole batch) falls below `loss_ratio` (0.001) × the first
+  step's loss. `val_plateau` is the rule the paper's Appendix D compares it with: every
+  `plateau_every` optimizer steps the model is evaluated on the labelled split `plateau_split`
+  (default val), and the fit ends the `plateau_patience`-th (default: the fifth) time that split's
+  accuracy did not increase over the evaluation before it (times are counted, not reset; the
+  model is kept as it is then, no earlier weights are restored). `none` trains for the whole step
+  budget. The step budget (BiT: the schedule's last step; text: `max_steps`) ends every fit that
+  no rule stopped earlier. The paper does not say how often it evaluated, nor whether its plateau
+  runs also ended at step 500: `plateau_every` defaults to 10, and a longer `schedule` lifts the cap.
 
 Deliberate differences from the released code, each for reproducibility:
 * A step's batch is exactly `batch_size` examples, drawn from shuffled epochs laid end to end
@@ -52,10 +60,14 @@ from embedcache.learners.base import BaseLearner, fit_arguments, register_learne
 from embedcache.loading import default_workers, example_loader
 from embedcache.recipe import Recipe
 
-#: progress(phase, done, total): phase "train" counts optimizer steps, "predict" examples scored;
-#: each pass starts with done = 0.
+#: progress(phase, done, total): phase "train" counts optimizer steps, "predict" examples scored,
+#: "validate" examples of a plateau check (`stop=val_plateau`); each pass starts with done = 0.
 Progress = Callable[[str, int, int], None]
 AMP_CHOICES = ("auto", "bf16", "none")
+#: Early-stop rules of a recipe's `stop` field (the step budget ends every fit that none stopped).
+STOP_RULES = ("loss_ratio", "val_plateau", "none")
+#: The early-stop fields, left out of a recipe's JSON form at their defaults (records made before they existed).
+_STOP_FIELDS = ("stop", "plateau_split", "plateau_patience", "plateau_every")
 
 
 def bit_schedule(n_labeled: int) -> tuple[int, ...]:
@@ -109,11 +121,15 @@ class _RecipeBase:
 
     name: ClassVar[str]
     modality: ClassVar[str]
-    #: `stopped_by` when the step budget, not the loss, ended training.
+    #: `stopped_by` when the step budget, not an early-stop rule, ended training.
     end_rule: ClassVar[str]
     batch_size: int
     loss_ratio: float
     zero_head: bool
+    stop: str
+    plateau_split: str
+    plateau_patience: int
+    plateau_every: int
 
     def replace(self, options: dict[str, str]):
         """A copy with fields set from `KEY=VALUE` texts (the CLI's --recipe)."""
@@ -132,16 +148,28 @@ class _RecipeBase:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}", param="recipe_options")
         if not 0 < self.loss_ratio < 1:
             raise ConfigError(f"loss_ratio must be in (0, 1), got {self.loss_ratio}", param="recipe_options")
+        if self.stop not in STOP_RULES:
+            raise ConfigError(f"stop={self.stop}: choose one of {', '.join(STOP_RULES)}", param="recipe_options")
+        if self.plateau_patience < 1 or self.plateau_every < 1:
+            raise ConfigError(f"plateau_patience ({self.plateau_patience}) and plateau_every ({self.plateau_every}) "
+                              "must be at least 1", param="recipe_options")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **dataclasses.asdict(self)}
+        """The recipe as the run header records it. `stop` is written when it is not the paper's
+        loss_ratio, and the plateau fields only with stop=val_plateau: records made before these
+        fields existed (all loss_ratio) keep their identity and resume."""
+        fields = dataclasses.asdict(self)
+        if self.stop != "val_plateau":
+            fields = {k: v for k, v in fields.items() if k not in _STOP_FIELDS or (k == "stop" and v != "loss_ratio")}
+        return {"name": self.name, **fields}
 
 
 @dataclasses.dataclass(frozen=True)
 class BitRecipe(_RecipeBase):
     """BiT-HyperRule finetuning (images). `schedule`: (warm-up end, decay boundaries..., stop) in
     optimizer steps; None picks BiT's by labelled-set size (`bit_schedule`). `resize` → random
-    `crop` (+ flip) for training, square `eval_resize` for evaluation and scoring."""
+    `crop` (+ flip) for training, square `eval_resize` for evaluation and scoring. `stop` and the
+    `plateau_*` fields: the early-stop rule (module docstring)."""
 
     base_lr: float = 0.003
     momentum: float = 0.9
@@ -156,6 +184,10 @@ class BitRecipe(_RecipeBase):
     flip: bool = True
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    stop: str = "loss_ratio"
+    plateau_split: str = "val"
+    plateau_patience: int = 5
+    plateau_every: int = 10
 
     name: ClassVar[str] = "bit"
     modality: ClassVar[str] = "image"
@@ -213,6 +245,10 @@ class TextRecipe(_RecipeBase):
     max_steps: int = 8000
     loss_ratio: float = 1e-3
     zero_head: bool = False
+    stop: str = "loss_ratio"
+    plateau_split: str = "val"
+    plateau_patience: int = 5
+    plateau_every: int = 10
 
     name: ClassVar[str] = "text"
     modality: ClassVar[str] = "text"
@@ -315,6 +351,24 @@ class _Classifier(torch.nn.Module):
         return self.head(self._features(batch))
 
 
+class _Plateau:
+    """stop=val_plateau's count: the watched accuracy's evaluations, and the times it did not
+    increase over the evaluation before; `update` says when that reaches `patience`."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.checks = 0
+        self.non_increases = 0
+        self.previous: float | None = None
+
+    def update(self, accuracy: float) -> bool:
+        if self.previous is not None and accuracy <= self.previous:
+            self.non_increases += 1
+        self.previous = accuracy
+        self.checks += 1
+        return self.non_increases >= self.patience
+
+
 def _square_resize(size: int):
     """BiT's train-time resize (to size × size, uint8 kept, so random crops are cut from it per step)."""
     from torchvision.transforms import v2 as T
@@ -336,8 +390,9 @@ class FinetuneLearner(BaseLearner):
     Rows are indices into `dataset`. Labelled training inputs are loaded once and kept (images
     resized to `recipe.resize` as uint8, cropped and flipped per step), so later rounds read only
     the newly acquired examples. After `fit`, `training_` holds steps, loss_initial, loss_final
-    and stopped_by ("loss_ratio", or the recipe's end rule: "schedule" / "max_steps"), and
-    `losses_` every step's loss.
+    and stopped_by ("loss_ratio", "val_plateau", or the recipe's end rule: "schedule" /
+    "max_steps"), with stop=val_plateau also plateau_checks (evaluations of the watched split) and
+    plateau_accuracy (its last accuracy); `losses_` holds every step's loss.
 
     Checkpointing: there is no model state to carry between rounds (each restarts from the
     starting weights with a seed derived from its labelled rows), so the run record, written after
@@ -401,6 +456,20 @@ class FinetuneLearner(BaseLearner):
             workers = default_workers(backbone.modality)
             workers = workers and max(1, workers // self.context.world)
         self._workers = workers
+        self._watched = self._plateau_rows() if self.recipe.stop == "val_plateau" else None
+
+    def _plateau_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows and labels of the split stop=val_plateau watches, checked to exist and be labelled."""
+        metadata, split = self.dataset.metadata, self.recipe.plateau_split
+        if split not in metadata.split_names:
+            raise ConfigError(f"plateau_split={split}: dataset {self.dataset.name!r} has no such split; it has "
+                              f"{', '.join(metadata.split_names)}", param="recipe_options")
+        rows = metadata.split_indices(split)
+        if not len(rows) or (metadata.label[rows] < 0).any():
+            raise ConfigError(f"plateau_split={split}: the split must hold labelled examples to watch its accuracy; "
+                              f"dataset {self.dataset.name!r} has {'none' if not len(rows) else 'some without labels'}",
+                              param="recipe_options")
+        return rows, metadata.label[rows]
 
     # ------------------------------------------------------------------ loop hooks
     def describe(self) -> dict:
@@ -566,6 +635,7 @@ class FinetuneLearner(BaseLearner):
         losses: list[float] = []
         stopped_by, total = recipe.end_rule, recipe.step_budget(n)
         self._report("train", 0, total)
+        plateau = _Plateau(recipe.plateau_patience) if self._watched is not None else None
         while (lr := recipe.learning_rate(len(losses), n)) is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -594,22 +664,32 @@ class FinetuneLearner(BaseLearner):
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss)
             self._report("train", len(losses), total)
-            if loss < recipe.loss_ratio * losses[0]:
+            if recipe.stop == "loss_ratio" and loss < recipe.loss_ratio * losses[0]:
                 stopped_by = "loss_ratio"
                 break
+            if plateau is not None and len(losses) % recipe.plateau_every == 0:
+                rows, labels = self._watched
+                predicted = self._score(rows, ("logits",), "validate")[0].argmax(axis=1)
+                self._trained.train()
+                if plateau.update(float(np.mean(predicted == labels))):
+                    stopped_by = "val_plateau"
+                    break
         self.losses_ = losses
-        return {"steps": len(losses), "loss_initial": losses[0], "loss_final": losses[-1], "stopped_by": stopped_by}
+        facts = {"steps": len(losses), "loss_initial": losses[0], "loss_final": losses[-1], "stopped_by": stopped_by}
+        if plateau is not None:
+            facts.update(plateau_checks=plateau.checks, plateau_accuracy=plateau.previous)
+        return facts
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, rows: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+    def _score(self, rows: np.ndarray, outputs: tuple[str, ...], phase: str = "predict") -> list[np.ndarray]:
         """The finetuned model's `outputs` ("proba", "logits", "features") for `rows` in eval mode: each rank
-        scores its share, and every rank gets them all back in row order."""
+        scores its share, and every rank gets them all back in row order. `phase` names the progress pass."""
         mine = rows[self.context.shard(len(rows))]
         width = {"proba": self.num_classes, "logits": self.num_classes, "features": self.backbone.num_features}
         results = [np.zeros((len(mine), width[name]), dtype=np.float32) for name in outputs]
         self.network.eval()
         position = 0
-        self._report("predict", 0, len(mine))
+        self._report(phase, 0, len(mine))
         with torch.inference_mode(), self._autocast():
             for size, batch in self._load(mine, self._eval_transform, self.backbone.collate,
                                           pin_memory=self.context.device.type == "cuda"):
@@ -622,6 +702,6 @@ class FinetuneLearner(BaseLearner):
                 for result, name in zip(results, outputs):
                     result[position:position + size] = values[name].float().cpu().numpy()
                 position += size
-                self._report("predict", position, len(mine))
+                self._report(phase, position, len(mine))
         gathered = self.context.gather(results)
         return [np.concatenate([part[i] for part in gathered]) for i in range(len(outputs))]
