@@ -1,21 +1,23 @@
 """The batched engine: linear-mode runs of one cache stepped together, round by round.
 
 Runs that share a cache (any mix of strategies, seeds and protocols) are stepped together. Each
-round every run fits its own head (the single-run `LinearLearner.fit`), then the heads of the runs
-that evaluate are stacked and each evaluation split is read once for all of them, and the heads of
-the runs whose strategy is an uncertainty score are stacked and the pool is read once for all of
-them (`embedcache.kernels.score_topk_many`: one product per chunk instead of one per run). Every
-other strategy (random, core-set, BADGE, ...) selects per run inside the engine, through the same
-`RunState.select` the single-run loop calls. Each run then writes its own record through
-`RunState.finish_round`, the single-run loop's code, so every field a record has comes from one place.
+round every run fits its own head (the single-run `LinearLearner.fit`; fits that run on one thread
+go side by side on the cores), then each evaluation split is read once for the heads of every run
+that evaluates, and the pool is read once for the heads of every run whose strategy is an
+uncertainty score (`embedcache.kernels.score_topk_many`: each chunk is scored by every head before
+the next is read, in memory or streamed from the cache). Every other strategy (random, core-set,
+BADGE, ...), and runs that rank a subsample of the pool (`pool_size`), select per run inside the
+engine through the `RunState.select` the single-run loop calls. Each run then writes its own record
+through `RunState.finish_round`, the single-run loop's code, so every field a record has comes from
+one place.
 
-Records: the fits are the single-run path's, bit for bit; the stacked products sum in another
-order than a one-head product, so scores (and evaluation probabilities) agree with the single-run
-path's within the determinism contract's tolerance (kernels/README.md) and acquisitions agree up to
-ties; bit for bit between two batched runs of the same grid on one machine. Runs resume from their
-records and finished ones are skipped, as in the single-run path; the engine holds every record's
-lock while it steps them. Runs whose pool or evaluation splits differ (another `pool_split`) form
-separate batches.
+Records: by default each head's product is its own BLAS call on the chunks the single-run loop
+uses, so every record is the single-run loop's bit for bit (the determinism contract,
+kernels/README.md), whatever the batch holds. With `stack=True` the heads form one GEMM per chunk, a
+product of another shape: scores then agree with the single-run loop's within the contract's
+tolerance and acquisitions up to ties. Runs resume from their records and finished ones are
+skipped, as in the single-run loop; the engine holds every record's lock while it steps them. Runs
+whose pool or evaluation splits differ form separate batches.
 """
 
 from __future__ import annotations

@@ -13,12 +13,14 @@ A run is planned before it is executed: `Plan.make` checks the protocol against 
 features' finiteness), `plan_run` the strategy (a registered name, and one whose `requires` the
 learner that ranks the pool offers), the seed set and any record already on disk, all without
 writing; `execute` then takes the record's lock and writes its header and rounds. Strategies see
-`learner.ranker` (the learner itself, or a hybrid's scoring side).
+`learner.ranker` (the learner itself, or a hybrid's scoring side). A run between rounds is a
+`RunState`, whose `finish_round` makes and writes each round's record: the batched engine
+(`embedcache.engine`) steps runs through the same `RunState`.
 
-What a run keeps across rounds besides the labelled set is made in `execute`, before the first fit,
-from the run seed: a cold-start seed set (`Protocol.seed_strategy`), the strategy's own state
+What a run keeps across rounds besides the labelled set is made before the first fit, from the run
+seed: a cold-start seed set (`Protocol.seed_strategy`, in `execute`), the strategy's own state
 (`Strategy.prepare`, e.g. Cluster-Margin's clusters) and SEALS's neighbour index
-(`Protocol.candidates`), so a resumed run rebuilds them exactly.
+(`Protocol.candidates`) in `RunState.start`, so a resumed run rebuilds them exactly.
 """
 
 from __future__ import annotations
