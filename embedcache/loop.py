@@ -94,6 +94,22 @@ def stop_set(pool: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(_rng(seed, "stop-set").choice(pool, size=size, replace=False))
 
 
+def cold_start_protocol(protocol: Protocol) -> Protocol:
+    """The protocol with its cold-start seed strategy checked (a registered strategy, with valid options,
+    that can choose a seed set without labels) and in its canonical spelling, which the record keeps."""
+    if protocol.seed_strategy is None:
+        return protocol
+    try:
+        spec = parse_strategy(protocol.seed_strategy)
+        cold_start = create_strategy(spec.text).cold_start
+    except ConfigError as e:
+        raise ConfigError(e.message, param="seed_strategy") from None
+    if not cold_start:
+        raise ConfigError(f"{spec.name!r} cannot choose a seed set without labels; use random, balanced, "
+                          "typiclust, probcover or coreset", param="seed_strategy")
+    return dataclasses.replace(protocol, seed_strategy=spec.text)
+
+
 #: nonfinite_rows(rows): the subset of `rows` (sorted) whose features hold NaN or infinite values.
 NonfiniteRows = Callable[[np.ndarray], np.ndarray]
 
@@ -112,6 +128,7 @@ class Plan:
     def make(cls, protocol: Protocol, metadata: Metadata, nonfinite_rows: NonfiniteRows | None = None) -> "Plan":
         """Check the protocol against the data (and, given `nonfinite_rows`, that the features of every
         row the run uses are finite); raise a ConfigError or CacheError naming what is wrong."""
+        protocol = cold_start_protocol(protocol)
         pool = metadata.split_indices(protocol.pool_split)
         unknown = pool[metadata.label[pool] < 0]
         if len(unknown):

@@ -75,25 +75,17 @@ class Protocol:
 
     def _normalise_seed_strategy(self) -> None:
         """random and balanced are `seed_balanced` (so records that predate `seed_strategy` keep their
-        identity); a cold-start strategy is kept in its canonical spelling, and the seed set is then not
-        class-balanced."""
+        identity); any other name is a cold-start strategy, and the seed set is then not class-balanced.
+        Whether that strategy exists and can choose without labels, and its canonical spelling, are settled
+        when a run is planned (`loop.cold_start_protocol`): protocols sit below the strategies."""
         if self.seed_strategy is None:
             return
-        if self.seed_strategy in ("random", "balanced"):
-            object.__setattr__(self, "seed_balanced", self.seed_strategy == "balanced")
+        text = self.seed_strategy.strip()
+        if text in ("random", "balanced"):
+            object.__setattr__(self, "seed_balanced", text == "balanced")
             object.__setattr__(self, "seed_strategy", None)
             return
-        from embedcache.strategies import create_strategy, parse_strategy
-
-        try:
-            spec = parse_strategy(self.seed_strategy)
-            cold_start = create_strategy(spec.text).cold_start
-        except ConfigError as e:
-            raise ConfigError(e.message, param="seed_strategy") from None
-        if not cold_start:
-            raise ConfigError(f"{spec.name!r} cannot choose a seed set without labels; use random, balanced, "
-                              "typiclust, probcover or coreset", param="seed_strategy")
-        object.__setattr__(self, "seed_strategy", spec.text)
+        object.__setattr__(self, "seed_strategy", text)
         object.__setattr__(self, "seed_balanced", False)
 
     @property

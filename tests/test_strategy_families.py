@@ -255,6 +255,21 @@ def test_cold_start_seed_sets_read_no_labels_and_are_recorded(small, tmp_path):
     assert blind.header.seed_ids == runs["typiclust"].header.seed_ids  # labels play no part
 
 
+def test_a_seed_strategy_that_needs_labels_or_does_not_exist_is_refused_before_anything_is_written(small, cache,
+                                                                                                    tmp_path):
+    with pytest.raises(ConfigError, match="seed_strategy: 'margin' cannot choose a seed set without labels"):
+        _run(small, tmp_path / "lib", "random", protocol=PROTOCOL.replace(seed_strategy="margin"))
+    assert not (tmp_path / "lib").exists()
+    spelled = _run(small, tmp_path / "spelled", "random", protocol=PROTOCOL.replace(seed_strategy=" probcover:delta=4 "))
+    assert spelled.header.protocol["seed_strategy"] == "probcover:delta=4.0"  # the canonical spelling is recorded
+    out = tmp_path / "runs"
+    for text, message in (("margin", "cannot choose a seed set without labels"), ("probcovr", "Did you mean probcover")):
+        result = CliRunner().invoke(main, ["al", "--cache", str(cache), "--out", str(out), "--strategy", "random",
+                                           "--seed-strategy", text])
+        assert result.exit_code == 2 and "Invalid value for '--seed-strategy'" in result.output, result.output
+        assert message in result.output and not out.exists()
+
+
 def test_knn_candidates_restrict_what_is_scored(small, tmp_path):
     run = _run(small, tmp_path, "least-confidence", protocol=PROTOCOL.replace(candidates="knn:3", budget=15))
     whole_pool = _run(small, tmp_path / "all", "least-confidence", protocol=PROTOCOL.replace(budget=15))
