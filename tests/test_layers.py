@@ -18,13 +18,17 @@ SOURCES = {"embedcache": REPO / "embedcache", "embedcache.cli": REPO / "cli", "e
 LAYERS = (
     ("embedcache.cli",),  # thin click commands over the library
     ("embedcache.demo", "embedcache.testing", "embedcache.api"),  # applications of the whole library
-    ("embedcache.experiments", "embedcache.analysis"),  # many runs; what is learnt from their records
+    ("embedcache.sweep",),  # a plan of many grids
+    ("embedcache.experiments", "embedcache.analysis", "embedcache.sharded_extract"),  # many runs; what is learnt
+    # from their records; an extraction split into tasks
+    ("embedcache.executors", "embedcache.engine"),  # where runs and tasks execute: this process, worker
+    # processes, Ray; the batched engine that steps linear runs of one cache together
     ("embedcache.loop", "embedcache.workflow"),  # one simulated AL run; AL on your own unlabelled data
     ("embedcache.strategies",),  # which examples to label next
     ("embedcache.learners", "embedcache.extract", "embedcache.importer"),  # learn from / write features
     ("embedcache.kernels", "embedcache.loading"),  # the fused scorer; examples in batches
     ("embedcache.pool", "embedcache.backbones", "embedcache.datasets", "embedcache.records", "embedcache.protocols",
-     "embedcache.devices"),
+     "embedcache.devices", "embedcache.sweep_index"),
     ("embedcache.cache", "embedcache.metrics", "embedcache.outputs"),
     ("embedcache.metadata",),
     ("embedcache.recipe", "embedcache.versions", "embedcache.faults"),
