@@ -864,8 +864,8 @@ class EmbeddingCache:
             block = None
             if 2 * len(part) >= hi - lo:  # most rows of their range (a pool): one contiguous read
                 try:
-                    block = ds[lo:hi]
-                except OSError:  # a damaged chunk: read around it as `embeddings` does
+                    block = self.embeddings(slice(lo, hi))
+                except CacheError:  # a damaged chunk: read around it, row by row as `embeddings` does
                     pass
             if block is None:
                 yield part, self.embeddings(part)
