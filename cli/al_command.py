@@ -65,10 +65,13 @@ def _protocol(protocol_name: str, seed_size, seed_balanced, seed_strategy, per_r
     """The preset with the options given overriding its fields."""
     from embedcache.errors import ConfigError
     from embedcache.protocols import get_protocol
+    from embedcache.strategies import cold_start_spec
 
     if seed_strategy is not None and seed_balanced is not None:
         raise ConfigError("give it or `seed_balanced`, not both (random and balanced are seed strategies too)",
                           param="seed_strategy")
+    if seed_strategy not in (None, "random", "balanced"):
+        seed_strategy = cold_start_spec(seed_strategy)
     return get_protocol(protocol_name).replace(
         seed_size=seed_size, seed_balanced=seed_balanced, seed_strategy=seed_strategy, candidates=candidates,
         per_round=_per_round(per_round), budget=budget,

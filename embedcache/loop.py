@@ -36,7 +36,7 @@ from embedcache.metrics import evaluate, group_column
 from embedcache.protocols import Protocol
 from embedcache.records import (Acquisition, RoundRecord, Run, RunHeader, RunWriter, Source, SplitMetrics, Training,
                                 check_identity, read_existing, read_run, record_path)
-from embedcache.strategies import create_strategy, parse_strategy
+from embedcache.strategies import cold_start_spec, create_strategy, parse_strategy
 from embedcache.strategies.candidates import KnnCandidates
 from embedcache.versions import library_versions
 
@@ -187,9 +187,11 @@ def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str |
     strategy = spec.text
     ranker.require(create_strategy(strategy).requires, strategy)
     protocol, metadata = plan.protocol, plan.metadata
+    recorded = protocol.to_dict()
     if protocol.seed_strategy is not None:
+        recorded["seed_strategy"] = cold_start_spec(protocol.seed_strategy)  # one spelling per configuration
         ranker.require(create_strategy(protocol.seed_strategy).requires & {Capability.EMBED},
-                       protocol.seed_strategy, "seed strategy")
+                       recorded["seed_strategy"], "seed strategy")
     if protocol.candidates is not None:
         ranker.require(frozenset({Capability.EMBED}), protocol.candidates, "candidate restriction")
     path = record_path(out_dir, strategy, seed)
@@ -203,7 +205,7 @@ def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str |
     else:
         seed_rows = None
     header = RunHeader(
-        mode=learner.get("learner", "unknown"), strategy=strategy, seed=int(seed), protocol=protocol.to_dict(),
+        mode=learner.get("learner", "unknown"), strategy=strategy, seed=int(seed), protocol=recorded,
         learner=learner, source=source if source.data else dataclasses.replace(source, data=metadata.fingerprint()),
         n_rounds=protocol.n_rounds, seed_ids=[] if seed_rows is None else metadata.ids[seed_rows].tolist(),
         seed_groups={} if seed_rows is None else plan.group_values(seed_rows), pool_counts=plan.pool_counts(),

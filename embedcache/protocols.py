@@ -65,26 +65,15 @@ class Protocol:
 
     def _normalise_seed_strategy(self) -> None:
         """random and balanced are `seed_balanced` (so records that predate `seed_strategy` keep their
-        identity); a cold-start strategy is kept in its canonical spelling, and the seed set is then not
-        class-balanced."""
+        identity); with a cold-start strategy (checked when a run is planned:
+        `embedcache.strategies.cold_start_spec`) the seed set is not class-balanced."""
         if self.seed_strategy is None:
             return
         if self.seed_strategy in ("random", "balanced"):
             object.__setattr__(self, "seed_balanced", self.seed_strategy == "balanced")
             object.__setattr__(self, "seed_strategy", None)
-            return
-        from embedcache.strategies import create_strategy, parse_strategy
-
-        try:
-            spec = parse_strategy(self.seed_strategy)
-            cold_start = create_strategy(spec.text).cold_start
-        except ConfigError as e:
-            raise ConfigError(e.message, param="seed_strategy") from None
-        if not cold_start:
-            raise ConfigError(f"{spec.name!r} cannot choose a seed set without labels; use random, balanced, "
-                              "typiclust, probcover or coreset", param="seed_strategy")
-        object.__setattr__(self, "seed_strategy", spec.text)
-        object.__setattr__(self, "seed_balanced", False)
+        else:
+            object.__setattr__(self, "seed_balanced", False)
 
     @property
     def seed_method(self) -> str:
