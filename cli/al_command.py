@@ -65,10 +65,13 @@ def _protocol(protocol_name: str, seed_size, seed_balanced, seed_strategy, per_r
     """The preset with the options given overriding its fields."""
     from embedcache.errors import ConfigError
     from embedcache.protocols import get_protocol
+    from embedcache.strategies import cold_start_spec
 
     if seed_strategy is not None and seed_balanced is not None:
         raise ConfigError("give it or `seed_balanced`, not both (random and balanced are seed strategies too)",
                           param="seed_strategy")
+    if seed_strategy not in (None, "random", "balanced"):
+        seed_strategy = cold_start_spec(seed_strategy)
     return get_protocol(protocol_name).replace(
         seed_size=seed_size, seed_balanced=seed_balanced, seed_strategy=seed_strategy, candidates=candidates,
         per_round=_per_round(per_round), budget=budget,
@@ -77,27 +80,13 @@ def _protocol(protocol_name: str, seed_size, seed_balanced, seed_strategy, per_r
         percentiles=_percentiles(percentiles), stop_set_size=stop_set_size)
 
 
-def _check_seed_strategy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A cold-start strategy is checked as the command line is parsed, like --strategy."""
-    from embedcache.errors import ConfigError
-    from embedcache.loop import cold_start_protocol
-    from embedcache.protocols import get_protocol
-
-    if value is not None:
-        try:
-            cold_start_protocol(get_protocol("custom").replace(seed_strategy=value))
-        except ConfigError as e:
-            raise click.BadParameter(e.message, ctx, param) from None
-    return value
-
-
 protocol_options = grouped(
     "protocol", _protocol,
     PROTOCOL(name="protocol_name", default="custom", show_default=True),
     click.option("--seed-size", type=int, help="Labelled examples before the first acquisition."),
     click.option("--seed-balanced/--no-seed-balanced", default=None,
                  help="Draw the seed set with equal counts per class (or uniformly)."),
-    click.option("--seed-strategy", metavar="NAME[:OPTIONS]", callback=_check_seed_strategy,
+    click.option("--seed-strategy", metavar="NAME[:OPTIONS]",
                  help="How the seed set is chosen: random, balanced (class-balanced: reads the pool's labels), or "
                       "without labels from the embeddings by typiclust or probcover (options as in --strategy, e.g. "
                       "probcover:delta=0.3). Default: the protocol's (--seed-balanced)."),

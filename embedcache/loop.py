@@ -42,7 +42,7 @@ from embedcache.protocols import Protocol
 from embedcache.records import (Acquisition, RoundRecord, Run, RunHeader, RunWriter, Source, SplitMetrics, Training,
                                 check_identity, read_existing, read_run, record_path)
 from embedcache.stopping import measure
-from embedcache.strategies import create_strategy, parse_strategy
+from embedcache.strategies import cold_start_spec, create_strategy, parse_strategy
 from embedcache.strategies.candidates import KnnCandidates
 from embedcache.versions import library_versions
 
@@ -95,19 +95,11 @@ def stop_set(pool: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def cold_start_protocol(protocol: Protocol) -> Protocol:
-    """The protocol with its cold-start seed strategy checked (a registered strategy, with valid options,
-    that can choose a seed set without labels) and in its canonical spelling, which the record keeps."""
+    """The protocol with its cold-start seed strategy checked (`cold_start_spec`) and in the canonical
+    spelling the record keeps."""
     if protocol.seed_strategy is None:
         return protocol
-    try:
-        spec = parse_strategy(protocol.seed_strategy)
-        cold_start = create_strategy(spec.text).cold_start
-    except ConfigError as e:
-        raise ConfigError(e.message, param="seed_strategy") from None
-    if not cold_start:
-        raise ConfigError(f"{spec.name!r} cannot choose a seed set without labels; use random, balanced, "
-                          "typiclust, probcover or coreset", param="seed_strategy")
-    return dataclasses.replace(protocol, seed_strategy=spec.text)
+    return dataclasses.replace(protocol, seed_strategy=cold_start_spec(protocol.seed_strategy))
 
 
 #: nonfinite_rows(rows): the subset of `rows` (sorted) whose features hold NaN or infinite values.
@@ -220,7 +212,7 @@ def plan_run(plan: Plan, learner: dict, strategy: str, seed: int, out_dir: str |
     strategy = spec.text
     ranker.require(create_strategy(strategy).requires, strategy)
     protocol, metadata = plan.protocol, plan.metadata
-    if protocol.seed_strategy is not None:
+    if protocol.seed_strategy is not None:  # in its canonical spelling: Plan.make
         ranker.require(create_strategy(protocol.seed_strategy).requires & {Capability.EMBED},
                        protocol.seed_strategy, "seed strategy")
     if protocol.candidates is not None:

@@ -77,7 +77,7 @@ class Protocol:
         """random and balanced are `seed_balanced` (so records that predate `seed_strategy` keep their
         identity); any other name is a cold-start strategy, and the seed set is then not class-balanced.
         Whether that strategy exists and can choose without labels, and its canonical spelling, are settled
-        when a run is planned (`loop.cold_start_protocol`): protocols sit below the strategies."""
+        when a run is planned (`embedcache.strategies.cold_start_spec`): protocols sit below the strategies."""
         if self.seed_strategy is None:
             return
         text = self.seed_strategy.strip()

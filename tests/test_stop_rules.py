@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import recipe
 
 import embedcache.loop
 from embedcache.backbones import create_backbone
-from embedcache.cache import EmbeddingCache
 from embedcache.cli import main
 from embedcache.datasets import create_dataset
 from embedcache.datasets.synthetic import ambiguity_embeddings, write_image_manifest

@@ -266,7 +266,7 @@ def test_a_seed_strategy_that_needs_labels_or_does_not_exist_is_refused_before_a
     for text, message in (("margin", "cannot choose a seed set without labels"), ("probcovr", "Did you mean probcover")):
         result = CliRunner().invoke(main, ["al", "--cache", str(cache), "--out", str(out), "--strategy", "random",
                                            "--seed-strategy", text])
-        assert result.exit_code == 2 and "Invalid value for '--seed-strategy'" in result.output, result.output
+        assert result.exit_code == 2 and "Error: --seed-strategy: " in result.output, result.output
         assert message in result.output and not out.exists()
 
 
@@ -339,3 +339,13 @@ def test_suggest_accepts_every_strategy_and_cold_starts_with_those_needing_no_la
     cold = suggest(Workspace(cache, split="train"), empty, k=5, strategy=name, seed=1)
     assert cold.strategy == (name if create_strategy(name).cold_start else "random")
     assert len({s.id for s in cold.suggestions}) == 5
+
+
+def test_a_seed_strategy_that_needs_labels_is_refused_before_anything_is_written(small, cache, tmp_path):
+    with pytest.raises(ConfigError, match="seed_strategy: 'bald' cannot choose a seed set without labels"):
+        _run(small, tmp_path / "runs", "random", protocol=PROTOCOL.replace(seed_strategy="bald"))
+    assert not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(main, ["al", "--cache", str(cache), "--out", str(tmp_path / "cli"), "--strategy",
+                                       "random", "--seed-strategy", "typiclust:radius=2"])
+    assert result.exit_code == 2 and "--seed-strategy: strategy 'typiclust' has no option radius" in result.output
+    assert not (tmp_path / "cli").exists()

@@ -18,8 +18,9 @@ indices into the pool arrays; every random choice comes from `seed`; exact ties 
 from __future__ import annotations
 
 from embedcache.strategies import families, random_sampling, uncertainty  # noqa: F401  (registration)
-from embedcache.strategies.base import (STRATEGIES, Option, Strategy, StrategySpec, create_strategy, declared_options,
+from embedcache.strategies.base import (STRATEGIES, Option, Strategy, StrategySpec, cold_start_spec, create_strategy,
+                                        declared_options,
                                         parse_strategies, parse_strategy, strategy_spec)
 
-__all__ = ["STRATEGIES", "Option", "Strategy", "StrategySpec", "create_strategy", "declared_options", "parse_strategies",
+__all__ = ["STRATEGIES", "Option", "Strategy", "StrategySpec", "cold_start_spec", "create_strategy", "declared_options", "parse_strategies",
            "parse_strategy", "strategy_spec"]

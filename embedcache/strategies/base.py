@@ -183,6 +183,20 @@ def parse_strategies(text: str) -> list[StrategySpec]:
     return [parse_strategy(piece) for piece in pieces]
 
 
+def cold_start_spec(text: str) -> str:
+    """The canonical spelling of a seed strategy: one that chooses a seed set without labels (typiclust,
+    probcover, coreset; with options), else a ConfigError naming `seed_strategy`."""
+    try:
+        spec = parse_strategy(text)
+    except ConfigError as e:
+        raise ConfigError(e.message, param="seed_strategy") from None
+    factory = STRATEGIES.get(spec.name)
+    if not (isinstance(factory, type) and issubclass(factory, Strategy) and factory.cold_start):
+        raise ConfigError(f"{spec.name!r} cannot choose a seed set without labels; use random, balanced, typiclust, "
+                          "probcover or coreset", param="seed_strategy")
+    return spec.text
+
+
 def create_strategy(text: str) -> Strategy:
     """The strategy a spec names (`random`, `least-confidence`, `probcover:delta=0.3`, ...), its options set."""
     spec = parse_strategy(text)
