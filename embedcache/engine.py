@@ -30,8 +30,8 @@ import time
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
+from embedcache.devices import torch_threads
 from embedcache.kernels import predict_many, score_topk_many
 from embedcache.kernels.cpu import default_threads
 from embedcache.learners.linear import LinearLearner
@@ -101,14 +101,9 @@ class _Fitting:
     def __init__(self, pool: concurrent.futures.ThreadPoolExecutor):
         self.pool = pool
 
-    @contextlib.contextmanager
-    def one_thread(self) -> Iterator[None]:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+    @staticmethod
+    def one_thread() -> contextlib.AbstractContextManager:
+        return torch_threads(1)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from embedcache.cache import EmbeddingCache
+from embedcache.devices import torch_threads
 from embedcache.errors import ConfigError
 from embedcache.learners.base import BaseLearner, fit_arguments, register_learner
 from embedcache.scoring import LOGIT_SCORES, PROBABILITY_SCORES, top_k
@@ -90,15 +91,8 @@ class LinearConfig:
 def _one_thread(device: torch.device) -> Iterator[None]:
     """Run small CPU tensor ops on one thread: waking a second one costs more than the op, and its
     pool contends with BLAS's (3x slower runs measured on 2 cores)."""
-    if device.type != "cpu":
+    with torch_threads(1) if device.type == "cpu" else contextlib.nullcontext():
         yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _append_rows(buffer: torch.Tensor | None, used: int, rows: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from embedcache.devices import torch_threads
 from embedcache.errors import ConfigError
 from embedcache.scoring import tie_priority
 
@@ -166,13 +167,8 @@ def one_thread() -> Iterator[None]:
     """Memory-bound products (matrix-vector, thin matrices) on one BLAS thread, and torch's elementwise
     ops on one thread: waking a second thread cost 10x on the shared 2-core machine (a 7,000 x 512
     sgemv: 10 ms on two threads, 1 ms on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), _blas_controller().limit(limits=1, user_api="blas"):
+        yield
 
 
 def log_(array: np.ndarray) -> np.ndarray:
