@@ -116,7 +116,19 @@ def _parse_field(hint, text: str, key: str):
                           param="recipe_options") from None
 
 
-class _RecipeBase:
+@dataclasses.dataclass(frozen=True)
+class _StopRule:
+    """The early-stop rule both recipes take (module docstring): the paper's loss ratio, Appendix D's
+    validation plateau (on `plateau_split`, checked every `plateau_every` steps, stopping at the
+    `plateau_patience`-th check that does not improve), or none (the step budget alone)."""
+
+    stop: str = "loss_ratio"
+    plateau_split: str = "val"
+    plateau_patience: int = 5
+    plateau_every: int = 10
+
+
+class _RecipeBase(_StopRule):
     """What both recipes share: a name, CLI overrides, the stop rules and a JSON form."""
 
     name: ClassVar[str]
@@ -126,14 +138,10 @@ class _RecipeBase:
     batch_size: int
     loss_ratio: float
     zero_head: bool
-    stop: str
-    plateau_split: str
-    plateau_patience: int
-    plateau_every: int
 
     def replace(self, options: dict[str, str]):
         """A copy with fields set from `KEY=VALUE` texts (the CLI's --recipe)."""
-        names = [f.name for f in dataclasses.fields(self)]
+        names = [f.name for f in dataclasses.fields(self) if f.name not in _STOP_FIELDS] + list(_STOP_FIELDS)
         hints = typing.get_type_hints(type(self))
         changes = {}
         for key, text in options.items():
@@ -184,10 +192,6 @@ class BitRecipe(_RecipeBase):
     flip: bool = True
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    stop: str = "loss_ratio"
-    plateau_split: str = "val"
-    plateau_patience: int = 5
-    plateau_every: int = 10
 
     name: ClassVar[str] = "bit"
     modality: ClassVar[str] = "image"
@@ -245,10 +249,6 @@ class TextRecipe(_RecipeBase):
     max_steps: int = 8000
     loss_ratio: float = 1e-3
     zero_head: bool = False
-    stop: str = "loss_ratio"
-    plateau_split: str = "val"
-    plateau_patience: int = 5
-    plateau_every: int = 10
 
     name: ClassVar[str] = "text"
     modality: ClassVar[str] = "text"
