@@ -11,13 +11,14 @@ import click
 from embedcache.cli.command import Command, UsageLine, deprecated_arguments, require
 from embedcache.cli.conventions import (ADDRESS, AMP, DEVICE, EXECUTOR, GROUP, JOBS, METRIC, OUT, PROTOCOL, QUIET, RUNS,
                                         SEEDS, STRATEGY, WORKERS, C)
-from embedcache.cli.options import (BackboneArgs, Bars, DatasetArgs, backbone_options, dataset_options, grouped,
+from embedcache.cli.options import (Bars, backbone_options, dataset_options, grouped,
                                     parse_key_values, progress_bar, step_bars)
 
 if TYPE_CHECKING:
     from embedcache.executors import Executor
     from embedcache.learners.finetune import FinetuneOptions
     from embedcache.learners.linear import LinearConfig
+    from embedcache.specs import DataSpec, ModelSpec
 
 if TYPE_CHECKING:
     from embedcache.records import RoundRecord
@@ -255,7 +256,7 @@ def al(mode, score_with, cache, data, model, strategies, seeds, out, protocol, l
         click.echo(f"{len(runs)} of {len(strategies) * len(seeds)} runs complete in {out}")
 
 
-def _experiment(mode: str, score_with: str, cache: Path | None, data: DatasetArgs | None, model: BackboneArgs | None,
+def _experiment(mode: str, score_with: str, cache: Path | None, data: DataSpec | None, model: ModelSpec | None,
                 learners: Learners, progress):
     """The linear experiment on --cache, or a finetune experiment (with the linear head on --cache beside it
     when one side is linear)."""

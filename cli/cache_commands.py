@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -95,8 +96,7 @@ def _extract_sharded(data, model, resolution, options, out, shards, executor, ad
     if executor != "ray" or shards is None:
         raise UsageLine("--shards N with --executor ray sends N slices of the extraction to a Ray cluster; give both "
                         "(on one machine, --shard I/N extracts one slice)")
-    spec = ExtractionSpec(data.name, data.root.resolve(), model.spec, data.options, model.weights, model.init_seed,
-                          resolution, model.max_length, model.pooling, options)
+    spec = ExtractionSpec(dataclasses.replace(data, root=data.root.resolve()), model, resolution, options)
     with progress_bar(f"extract {out.name}", "shard", enabled=not quiet) as progress:
         result = extract_sharded(spec, out, shards, create_executor("ray", address=address), progress)
     if result.already_complete:

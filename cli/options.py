@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -12,6 +11,7 @@ import click
 
 from embedcache.cli.command import UsageLine
 from embedcache.cli.conventions import BACKBONE, DATASET, DATASET_OPTION, INIT_SEED, MAX_LENGTH, POOLING, ROOT, WEIGHTS
+from embedcache.specs import DataSpec, ModelSpec
 
 
 def parse_key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -106,21 +106,7 @@ def grouped(name: str, build: Callable[..., Any], *options: Callable) -> Callabl
     return apply
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetArgs:
-    """Which dataset adapter reads which files (--dataset, --root, -o)."""
-
-    name: str
-    root: Path
-    options: dict
-
-    def create(self):
-        from embedcache.datasets import create_dataset
-
-        return create_dataset(self.name, self.root, **self.options)
-
-
-def _dataset_args(dataset_name: str | None, root: Path | None, dataset_options: tuple[str, ...]) -> DatasetArgs | None:
+def _dataset_args(dataset_name: str | None, root: Path | None, dataset_options: tuple[str, ...]) -> DataSpec | None:
     options = parse_key_values(dataset_options, "--option")
     if dataset_name is None and root is None:
         if options:
@@ -128,42 +114,25 @@ def _dataset_args(dataset_name: str | None, root: Path | None, dataset_options: 
         return None
     if dataset_name is None or root is None:
         raise UsageLine("--dataset and --root go together: give both")
-    return DatasetArgs(dataset_name, root, options)
+    return DataSpec(dataset_name, root, options)
 
 
 def dataset_options(required: bool = True) -> Callable:
-    """--dataset, --root and -o/--option, passed to the command as `data` (a DatasetArgs, or None when
+    """--dataset, --root and -o/--option, passed to the command as `data` (a DataSpec, or None when
     they are optional and not given)."""
     return grouped("data", _dataset_args,
                    DATASET(name="dataset_name", required=required), ROOT(required=required),
                    DATASET_OPTION(name="dataset_options"))
 
 
-@dataclasses.dataclass(frozen=True)
-class BackboneArgs:
-    """Which network makes the features (--backbone, --weights, --init-seed, --max-length, --pooling)."""
-
-    spec: str
-    weights: str
-    init_seed: int
-    max_length: int | None
-    pooling: str | None
-
-    def create(self, **options):
-        from embedcache.backbones import create_backbone
-
-        return create_backbone(self.spec, weights=self.weights, seed=self.init_seed, max_length=self.max_length,
-                               pooling=self.pooling, **options)
-
-
 def _backbone_args(backbone: str | None, weights: str, init_seed: int, max_length: int | None,
-                   pooling: str | None) -> BackboneArgs | None:
-    return None if backbone is None else BackboneArgs(backbone, weights, init_seed, max_length, pooling)
+                   pooling: str | None) -> ModelSpec | None:
+    return None if backbone is None else ModelSpec(backbone, weights, init_seed, max_length, pooling)
 
 
 def backbone_options(required: bool = True) -> Callable:
     """--backbone, --weights, --init-seed, --max-length and --pooling, passed to the command as `model`
-    (a BackboneArgs, or None without --backbone)."""
+    (a ModelSpec, or None without --backbone)."""
     return grouped("model", _backbone_args,
                    BACKBONE(required=required), WEIGHTS(default="pretrained", show_default=True),
                    INIT_SEED(default=0, show_default=True), MAX_LENGTH(), POOLING())

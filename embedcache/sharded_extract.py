@@ -19,32 +19,21 @@ from embedcache.errors import CacheError, ConfigError
 from embedcache.executors import Executor, Task
 from embedcache.extract import ExtractOptions, ExtractResult, cache_recipe, extract, shard_range
 from embedcache.recipe import recipe_fingerprint
+from embedcache.specs import DataSpec, ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtractionSpec:
     """What to extract, as `embedcache extract` takes it: small enough to send to any worker."""
 
-    dataset: str
-    root: Path
-    backbone: str
-    dataset_options: dict = dataclasses.field(default_factory=dict)
-    weights: str = "pretrained"
-    init_seed: int = 0
+    data: DataSpec
+    model: ModelSpec
     resolution: int | None = None
-    max_length: int | None = None
-    pooling: str | None = None
     options: ExtractOptions = dataclasses.field(default_factory=ExtractOptions)
 
     def open(self):
         """(dataset adapter, backbone), made in the calling process."""
-        from embedcache.backbones import create_backbone
-        from embedcache.datasets import create_dataset
-
-        data = create_dataset(self.dataset, self.root, **self.dataset_options)
-        model = create_backbone(self.backbone, weights=self.weights, seed=self.init_seed, resolution=self.resolution,
-                                max_length=self.max_length, pooling=self.pooling)
-        return data, model
+        return self.data.create(), self.model.create(resolution=self.resolution)
 
 
 def shard_path(out: Path, index: int, count: int) -> Path:

@@ -25,7 +25,7 @@ LAYERS = (
     # Ray; linear runs of one cache stepped together
     ("embedcache.loop", "embedcache.workflow"),  # one simulated AL run; AL on your own unlabelled data
     ("embedcache.strategies",),  # which examples to label next
-    ("embedcache.learners", "embedcache.extract", "embedcache.importer"),  # learn from / write features
+    ("embedcache.learners", "embedcache.extract", "embedcache.importer", "embedcache.specs"),  # learn from / write features
     ("embedcache.kernels", "embedcache.loading"),  # the fused scorer; examples in batches
     ("embedcache.pool", "embedcache.backbones", "embedcache.datasets", "embedcache.records", "embedcache.protocols",
      "embedcache.devices", "embedcache.sweep_index"),
