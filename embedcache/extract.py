@@ -69,6 +69,14 @@ def _difference(cache: EmbeddingCache, recipe: dict, dataset: dict, shard: dict 
     return None
 
 
+def _open_cache(path: Path, problem: str, remedy: str) -> EmbeddingCache:
+    """The cache at `path`; a file that is not one is a CacheError saying what it is and what to do."""
+    try:
+        return EmbeddingCache(path)
+    except NotACacheError as e:
+        raise CacheError(f"{path} {problem} ({e.reason}); {remedy}") from None
+
+
 def _open_output(out: Path, metadata: Metadata, dim: int, recipe: dict, dataset: dict, shard: dict | None,
                  options: ExtractOptions) -> EmbeddingCache:
     """The cache to write or to finish, or, when `resume` finds nothing to do, the complete one at `out`.
@@ -84,12 +92,8 @@ def _open_output(out: Path, metadata: Metadata, dim: int, recipe: dict, dataset:
     partial = partial_path(out)
     unfinished = partial if partial.exists() else None
     if out.exists():
-        try:
-            existing = EmbeddingCache(out)
-        except NotACacheError as e:
-            raise CacheError(f"{out} exists and is not an embedding cache ({e.reason}); choose another `out`, or pass "
-                             "`overwrite` to replace it") from None
-        with existing:
+        with _open_cache(out, "exists and is not an embedding cache",
+                         "choose another `out`, or pass `overwrite` to replace it") as existing:
             if not existing.complete:
                 unfinished = unfinished or out  # interrupted in place by an older embedcache
             elif (difference := _difference(existing, recipe, dataset, shard)) is None:
@@ -104,12 +108,8 @@ def _open_output(out: Path, metadata: Metadata, dim: int, recipe: dict, dataset:
     if unfinished is None:
         return EmbeddingCache.create(out, metadata, dim=dim, dtype=options.dtype, recipe=recipe, dataset=dataset,
                                      shard=shard)
-    try:
-        cache = EmbeddingCache(unfinished)
-    except NotACacheError as e:
-        raise CacheError(f"{unfinished} is left from an interrupted extraction and cannot be read ({e.reason}); pass "
-                         "`overwrite` to start over") from None
-    with cache:
+    with _open_cache(unfinished, "is left from an interrupted extraction and cannot be read",
+                     "pass `overwrite` to start over") as cache:
         progress = f"{cache.rows_written}/{cache.n_rows} rows"
         difference = _difference(cache, recipe, dataset, shard)
         if difference:
