@@ -47,3 +47,12 @@ def text_jsonl(tmp_path) -> Path:
     from embedcache.datasets.synthetic import write_text_jsonl
 
     return write_text_jsonl(tmp_path / "texts.jsonl", n=24)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread than on two (and do not fight parallel tests for cores)."""
+    from embedcache.devices import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -33,14 +33,7 @@ CLI_SMALL = [x for k, v in {**SMALL, "schedule": "1,2,3,4,5"}.items() for x in (
 PROTOCOL = get_protocol("custom").replace(seed_size=4, per_round=2, budget=2, groups=("place",))
 OPTIONS = FinetuneOptions(device="cpu", num_workers=0, micro_batch=4)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two (and do not fight parallel tests for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")

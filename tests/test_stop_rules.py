@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 import embedcache.loop
@@ -28,13 +27,7 @@ GN = "timm:test_efficientnet_gn"
 SMALL = {"resize": "36", "crop": "32", "eval_resize": "32", "batch_size": "8"}
 OPTIONS = FinetuneOptions(device="cpu", num_workers=0, micro_batch=4)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from helpers import recipe
 
@@ -91,14 +90,6 @@ def finetune_learner(images):
                                                                                 weights="random"),
                            2, recipe_, FinetuneOptions(device="cpu", num_workers=0, micro_batch=4))
 
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread than on two (and do not fight parallel tests for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
